@@ -1,0 +1,21 @@
+"""flask_diag: composable WSGI middlewares that diagnose the failures Flask
+(and any WSGI) apps hit once they run under gunicorn, uWSGI or waitress.
+
+.. code-block:: python
+
+    from flask import Flask
+    from flask_diag import Diag
+
+    app = Flask(__name__)
+    Diag(app)
+"""
+
+from __future__ import annotations
+
+from .context import RequestInfo as RequestInfo
+from .exceptions import DiagConfigError as DiagConfigError
+from .exceptions import DiagWarning as DiagWarning
+from .extension import Diag as Diag
+from .settings import Settings as Settings
+from .stack import wrap as wrap
+from .tagging import RequestTagging as RequestTagging

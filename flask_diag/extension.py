@@ -1,0 +1,89 @@
+"""The Flask extension: :class:`Diag`.
+
+.. code-block:: python
+
+    from flask import Flask
+    from flask_diag import Diag
+
+    diag = Diag()
+
+    def create_app():
+        app = Flask(__name__)
+        diag.init_app(app)
+        return app
+
+``init_app`` reads the settings once (defaults, then keyword arguments given
+to :class:`Diag`, then ``app.config["DIAG_*"]``, then ``FLASK_DIAG_*``
+environment variables), wraps ``app.wsgi_app`` in the middleware stack and
+registers the ``flask diag`` command group.
+"""
+
+from __future__ import annotations
+
+import os
+import typing as t
+import weakref
+
+from flask import current_app
+from flask import Flask
+
+from .settings import Settings
+from .stack import build_stack
+
+__all__ = ["Diag"]
+
+
+class Diag:
+    """flask_diag for one or more Flask apps.
+
+    :param app: the app to set up now; or call :meth:`init_app` later.
+    :param options: settings given in code, e.g. ``worker_headers=False``.
+    """
+
+    def __init__(self, app: Flask | None = None, **options: object) -> None:
+        # Validate keyword arguments at once, before any app is involved.
+        Settings.load(options, environ={})
+        self._options = dict(options)
+        self._settings: weakref.WeakKeyDictionary[Flask, Settings] = (
+            weakref.WeakKeyDictionary()
+        )
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Read the settings and wrap ``app.wsgi_app``.
+
+        :raises RuntimeError: when flask_diag is already registered on ``app``.
+        :raises DiagConfigError: when a setting is invalid.
+        """
+        if "diag" in app.extensions:
+            raise RuntimeError(
+                "A 'Diag' instance has already been registered on this Flask app."
+                " Call init_app() once per app; to change settings, pass them to"
+                " Diag(...) or set DIAG_* config keys before init_app()."
+            )
+        settings = Settings.load(self._options, config=app.config, environ=os.environ)
+        self._settings[app] = settings
+        app.extensions["diag"] = self
+        from .cli import diag_cli
+
+        app.cli.add_command(diag_cli)
+        if settings.enabled:
+            app.wsgi_app = build_stack(app.wsgi_app, settings)  # type: ignore[method-assign,assignment]
+
+    def settings_for(self, app: Flask | None = None) -> Settings:
+        """The effective settings of ``app`` (default: the current app)."""
+        if app is None:
+            app = t.cast(Flask, current_app._get_current_object())  # type: ignore[attr-defined]
+        try:
+            return self._settings[app]
+        except KeyError:
+            raise RuntimeError(
+                f"flask_diag is not set up on {app!r}. Did you forget to call"
+                " 'diag.init_app(app)'?"
+            ) from None
+
+    @property
+    def settings(self) -> Settings:
+        """The effective settings of the current app."""
+        return self.settings_for()

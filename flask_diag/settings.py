@@ -1,0 +1,262 @@
+"""Settings
+========
+
+One typed, frozen :class:`Settings` object configures every middleware.
+Values come from four sources, strongest last:
+
+1. the defaults below,
+2. keyword arguments (``Diag(app, worker_headers=False)``, ``wrap(app, ...)``),
+3. Flask config keys ``DIAG_<NAME>`` (only with the Flask extension),
+4. environment variables ``FLASK_DIAG_<NAME>``.
+
+The environment wins so that a deployed server can be switched without a code
+change. ``FLASK_DIAG=off`` turns the whole stack off: the app is returned
+unwrapped.
+
+Parsing is strict. An unknown value, or an unknown ``FLASK_DIAG_*`` variable
+(a typo that would otherwise silently do nothing), raises
+:class:`~flask_diag.exceptions.DiagConfigError` at start-up, naming the
+variable, the value and what is accepted::
+
+    >>> Settings.load(environ={"FLASK_DIAG_WORKER_HEADERS": "maybe"})
+    Traceback (most recent call last):
+      ...
+    flask_diag.exceptions.DiagConfigError: FLASK_DIAG_WORKER_HEADERS='maybe' is \
+not valid: accepted values are on, off (or 1/0, true/false, yes/no).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import typing as t
+from collections.abc import Mapping
+
+from .exceptions import DiagConfigError
+
+__all__ = ["Settings", "OPTIONS", "Option"]
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+_BOOL_ACCEPTED = "on, off (or 1/0, true/false, yes/no)"
+
+
+class Option(t.NamedTuple):
+    """Metadata of one setting: where it is read from and how it is parsed."""
+
+    name: str
+    env: str
+    config: str
+    accepted: str
+    doc: str
+
+
+def _parse_bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError
+
+
+def _choice(*choices: str) -> t.Callable[[object], str]:
+    def parse(value: object) -> str:
+        if isinstance(value, bool):
+            # ``True``/``False`` from Python code mean on/off where those exist.
+            value = "on" if value else "off"
+        if isinstance(value, str) and value.strip().lower() in choices:
+            return value.strip().lower()
+        raise ValueError
+
+    return parse
+
+
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+
+
+def _parse_header_name(value: object) -> str:
+    if isinstance(value, str) and _HEADER_NAME.match(value.strip()):
+        return value.strip()
+    raise ValueError
+
+
+def _setting(
+    default: t.Any,
+    parse: t.Callable[[object], t.Any],
+    accepted: str,
+    doc: str,
+    *,
+    env: str | None = None,
+    config: str | None = None,
+) -> t.Any:
+    return dataclasses.field(
+        default=default,
+        metadata={
+            "parse": parse,
+            "accepted": accepted,
+            "doc": doc,
+            "env": env,
+            "config": config,
+        },
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The effective settings of one wrapped app.
+
+    Build it with :meth:`load`; the attributes are read-only.
+    """
+
+    enabled: bool = _setting(
+        True,
+        _parse_bool,
+        _BOOL_ACCEPTED,
+        "Master switch. ``off`` returns the app unwrapped: no middleware runs.",
+        env="FLASK_DIAG",
+        config="DIAG_ENABLED",
+    )
+    tagging: bool = _setting(
+        True,
+        _parse_bool,
+        _BOOL_ACCEPTED,
+        "Per-request tagging: request id, worker pid and thread in the response "
+        "headers, the structlog context and the Sentry scope.",
+    )
+    worker_headers: bool = _setting(
+        True,
+        _parse_bool,
+        _BOOL_ACCEPTED,
+        "Send ``X-Diag-PID`` and ``X-Diag-Thread`` response headers. Switch off "
+        "when the process layout of a server must not be visible to clients.",
+    )
+    server_timing: bool = _setting(
+        True,
+        _parse_bool,
+        _BOOL_ACCEPTED,
+        "Send a ``Server-Timing: app;dur=<ms>`` header with the time the app "
+        "took until it started the response.",
+    )
+    request_id_header: str = _setting(
+        "X-Request-ID",
+        _parse_header_name,
+        "a header name (letters, digits and '-', at most 64)",
+        "The header an incoming request id is read from and the response "
+        "carries it in.",
+    )
+    trust_request_id: bool = _setting(
+        True,
+        _parse_bool,
+        _BOOL_ACCEPTED,
+        "Reuse an incoming request id when it is safe (at most 128 characters "
+        "of ``A-Z a-z 0-9 . _ : -``). ``off`` always generates a new one.",
+    )
+    access_log: bool = _setting(
+        False,
+        _parse_bool,
+        _BOOL_ACCEPTED,
+        "Write one structlog line per finished request (status, duration). Off "
+        "by default: most servers already write an access log.",
+    )
+    errors: str = _setting(
+        "json",
+        _choice("json", "negotiate", "off"),
+        "json, negotiate, off",
+        "Error envelopes: ``json`` answers every error with "
+        "``application/problem+json``; ``negotiate`` gives browsers a small "
+        "HTML page with the same fields; ``off`` leaves errors alone.",
+    )
+    debug_errors: bool = _setting(
+        False,
+        _parse_bool,
+        _BOOL_ACCEPTED,
+        "Put the exception type, message and traceback into error envelopes. "
+        "Never on a server the public can reach.",
+    )
+
+    @classmethod
+    def load(
+        cls,
+        overrides: Mapping[str, object] | None = None,
+        *,
+        config: Mapping[str, object] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> Settings:
+        """Merge the sources and validate every value.
+
+        :param overrides: keyword arguments given in code.
+        :param config: a Flask ``app.config`` (keys ``DIAG_*``), if any.
+        :param environ: the process environment; defaults to ``os.environ``.
+        :raises DiagConfigError: on an unknown name or an invalid value.
+        :raises TypeError: on an unknown keyword argument.
+        """
+        if environ is None:
+            environ = os.environ
+        values: dict[str, object] = {}
+        if overrides:
+            unknown = set(overrides) - set(OPTIONS)
+            if unknown:
+                raise TypeError(
+                    f"unknown flask_diag setting(s): {', '.join(sorted(unknown))}; "
+                    f"known settings are: {', '.join(OPTIONS)}"
+                )
+            for name, value in overrides.items():
+                values[name] = _parse(OPTIONS[name], value, f"{name}=")
+        if config is not None:
+            for key in config:
+                if key == "DIAG_ENABLED" or key.startswith("DIAG_"):
+                    option = _BY_CONFIG.get(key)
+                    if option is None:
+                        raise DiagConfigError(_unknown(key, _BY_CONFIG))
+                    values[option.name] = _parse(option, config[key], f"{key}=")
+        for key, raw in environ.items():
+            if key == "FLASK_DIAG" or key.startswith("FLASK_DIAG_"):
+                option = _BY_ENV.get(key)
+                if option is None:
+                    raise DiagConfigError(_unknown(key, _BY_ENV))
+                values[option.name] = _parse(option, raw, f"{key}=")
+        return cls(**values)  # type: ignore[arg-type]
+
+    def replace(self, **changes: object) -> Settings:
+        """A copy with some values changed (validated like keyword arguments)."""
+        parsed = {n: _parse(OPTIONS[n], v, f"{n}=") for n, v in changes.items()}
+        return dataclasses.replace(self, **parsed)  # type: ignore[arg-type]
+
+    def as_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+def _parse(option: Option, value: object, source: str) -> object:
+    field = _FIELDS[option.name]
+    try:
+        return field.metadata["parse"](value)
+    except (ValueError, TypeError):
+        raise DiagConfigError(
+            f"{source}{value!r} is not valid: accepted values are {option.accepted}."
+        ) from None
+
+
+def _unknown(key: str, known: Mapping[str, Option]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, list(known), n=1)
+    hint = f" Did you mean {close[0]}?" if close else ""
+    return f"{key} is not a flask_diag setting.{hint} Known names: {', '.join(known)}."
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+#: Every setting, by attribute name, in declaration order.
+OPTIONS: dict[str, Option] = {
+    f.name: Option(
+        name=f.name,
+        env=f.metadata["env"] or f"FLASK_DIAG_{f.name.upper()}",
+        config=f.metadata["config"] or f"DIAG_{f.name.upper()}",
+        accepted=f.metadata["accepted"],
+        doc=f.metadata["doc"],
+    )
+    for f in dataclasses.fields(Settings)
+}
+_BY_ENV = {o.env: o for o in OPTIONS.values()}
+_BY_CONFIG = {o.config: o for o in OPTIONS.values()}

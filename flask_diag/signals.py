@@ -1,0 +1,54 @@
+"""Signals
+=======
+
+flask_diag announces what it does through `blinker`_ signals in its own
+namespace, so monitoring code can subscribe without touching the middleware::
+
+    from flask_diag import signals
+
+    def on_tagged(sender, request_id, pid, thread, **extra):
+        metrics.incr("requests", tags={"pid": pid})
+
+    signals.request_tagged.connect(on_tagged)
+
+The sender is the middleware instance. A receiver that raises is logged
+(``flask_diag internal error``) and skipped: the other receivers still run
+and the request is never affected. Signals are sent only when a receiver is
+connected, so an unused signal costs nothing on the request path.
+
+.. _blinker: https://blinker.readthedocs.io/
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+from blinker import Namespace
+from blinker import Signal
+
+from .internal import report_internal_error
+
+__all__ = ["namespace", "request_tagged", "request_finished", "send_safely"]
+
+namespace = Namespace()
+
+#: Sent by :class:`~flask_diag.tagging.RequestTagging` when a request starts,
+#: with ``environ``, ``request_id``, ``trace_id``, ``pid`` and ``thread``.
+request_tagged = namespace.signal("request-tagged")
+
+#: Sent by :class:`~flask_diag.tagging.RequestTagging` when the response
+#: iterable is closed, with ``environ``, ``request_id``, ``status`` (an ``int``,
+#: or ``None`` if the app never started a response) and ``duration`` (seconds).
+request_finished = namespace.signal("request-finished")
+
+
+def send_safely(signal: Signal, sender: object, **kwargs: t.Any) -> None:
+    """Call every receiver of ``signal``; a receiver that raises is logged.
+
+    Unlike ``Signal.send``, one failing receiver does not stop the others.
+    """
+    for receiver in signal.receivers_for(sender):
+        try:
+            receiver(sender, **kwargs)
+        except Exception as exc:
+            report_internal_error(f"signal receiver {receiver!r}", exc)
