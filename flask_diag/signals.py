@@ -28,7 +28,13 @@ from blinker import Signal
 
 from .internal import report_internal_error
 
-__all__ = ["namespace", "request_tagged", "request_finished", "send_safely"]
+__all__ = [
+    "namespace",
+    "request_tagged",
+    "request_finished",
+    "error_enveloped",
+    "send_safely",
+]
 
 namespace = Namespace()
 
@@ -40,6 +46,11 @@ request_tagged = namespace.signal("request-tagged")
 #: iterable is closed, with ``environ``, ``request_id``, ``status`` (an ``int``,
 #: or ``None`` if the app never started a response) and ``duration`` (seconds).
 request_finished = namespace.signal("request-finished")
+
+#: Sent by :class:`~flask_diag.errors.ErrorEnvelope` when it answers an error,
+#: with ``environ``, ``problem`` (the problem body as a ``dict``),
+#: ``exception`` (or ``None``) and ``event_id`` (or ``None``).
+error_enveloped = namespace.signal("error-enveloped")
 
 
 def send_safely(signal: Signal, sender: object, **kwargs: t.Any) -> None:
