@@ -37,41 +37,33 @@ __all__ = [
     "add_diag_context",
     "recommended_processors",
     "configure",
-    "context_binder",
+    "structlog_vars",
 ]
 
 
-def context_binder(*keys: str) -> t.Callable[..., None]:
-    """A fast ``bind_contextvars`` for a fixed set of keys, in order.
+def structlog_vars(*keys: str) -> tuple[contextvars.ContextVar[t.Any], ...]:
+    """The context variables behind ``bind_contextvars(**{key: ...})``.
 
-    ``binder = context_binder("request_id", "pid")`` then ``binder(rid, pid)``
-    sets the same context variables ``bind_contextvars(request_id=rid,
-    pid=pid)`` would, without building the variable names on every call: the
-    request path runs it for every request. Values are not reset: the caller
-    runs in a context of its own (see :mod:`flask_diag.tagging`).
+    ``var.set(value)`` on them is what ``bind_contextvars`` does, minus
+    building each variable's name on every call; the returned tokens restore
+    the previous values. The request path sets them for every request, so
+    this matters. ``merge_contextvars`` finds them by name, and
+    ``bind_contextvars``/``get_contextvars`` see the same variables.
     """
     registry = getattr(structlog.contextvars, "_CONTEXT_VARS", None)
-    prefix = getattr(structlog.contextvars, "STRUCTLOG_KEY_PREFIX", None)
-    if not isinstance(registry, dict) or not isinstance(prefix, str):
-        # structlog changed its internals: fall back to the public API.
-        def bind_slow(*values: object) -> None:
-            context = dict(zip(keys, values, strict=True))
-            structlog.contextvars.bind_contextvars(**context)
-
-        return bind_slow
-    variables = []
+    if not isinstance(registry, dict):  # structlog changed its internals
+        registry = _fallback_registry
+    found = []
     for key in keys:
-        name = f"{prefix}{key}"
+        name = f"{_PREFIX}{key}"
         if name not in registry:
             registry[name] = contextvars.ContextVar(name, default=Ellipsis)
-        variables.append(registry[name].set)
-    setters = tuple(variables)
+        found.append(registry[name])
+    return tuple(found)
 
-    def bind(*values: object) -> None:
-        for setter, value in zip(setters, values, strict=True):
-            setter(value)
 
-    return bind
+_PREFIX: str = getattr(structlog.contextvars, "STRUCTLOG_KEY_PREFIX", "structlog_")
+_fallback_registry: dict[str, contextvars.ContextVar[t.Any]] = {}
 
 
 def add_diag_context(

@@ -7,6 +7,10 @@ here returns at once.
 
 from __future__ import annotations
 
+import typing as t
+from contextlib import AbstractContextManager
+
+import sentry_sdk
 from sentry_sdk.scope import Scope
 
 from .context import RequestInfo
@@ -18,7 +22,7 @@ try:  # private in sentry-sdk: tells whether its WSGI middleware opened a scope.
 except ImportError:  # pragma: no cover - layout changed in a future sentry-sdk
     _sentry_request_scope = None
 
-__all__ = ["is_active", "tag_request"]
+__all__ = ["is_active", "enter_request_scope"]
 
 
 def is_active() -> bool:
@@ -31,22 +35,18 @@ def is_active() -> bool:
     return Scope.get_global_scope().client.is_active()
 
 
-def tag_request(info: RequestInfo) -> None:
+def enter_request_scope(info: RequestInfo) -> AbstractContextManager[t.Any] | None:
     """Put the request's id, worker pid and thread on its Sentry scope.
 
-    Must run inside the request's own ``contextvars`` context (the tagging
-    middleware runs the request in a copied context).
-
     Inside sentry-sdk's WSGI middleware (the Flask integration wraps
-    ``Flask.__call__`` in it) the request already has an isolation scope and
-    the tags go there, so they outlive this middleware and reach events the
-    outer middleware captures. Without it we fork a scope for the request, as
-    the middleware would; setting tags on the process-wide scope would leak
-    them into other requests.
+    ``Flask.__call__`` in it) the request already has an isolation scope: the
+    tags go there, so they outlive this call and reach the events the outer
+    middleware captures; returns ``None``. Without it, tags on the
+    process-wide scope would leak into other requests, so a scope is forked
+    for the request, as the middleware would, and the entered context manager
+    is returned: the caller must exit it when the request ends, in the same
+    thread.
     """
-    if _sentry_request_scope is None or not _sentry_request_scope.get(False):
-        Scope.set_isolation_scope(Scope.get_isolation_scope().fork())
-        Scope.set_current_scope(Scope.get_current_scope().fork())
     tags: dict[str, object] = {
         "request_id": info.request_id,
         "worker.pid": info.pid,
@@ -54,4 +54,10 @@ def tag_request(info: RequestInfo) -> None:
     }
     if info.trace_id is not None:
         tags["trace_id"] = info.trace_id
-    Scope.get_isolation_scope().set_tags(tags)
+    if _sentry_request_scope is not None and _sentry_request_scope.get(False):
+        Scope.get_isolation_scope().set_tags(tags)
+        return None
+    manager = sentry_sdk.isolation_scope()
+    scope = manager.__enter__()
+    scope.set_tags(tags)
+    return manager

@@ -26,11 +26,13 @@ Usable alone around any WSGI callable::
     app.wsgi_app = RequestTagging(app.wsgi_app)          # Flask
     application = RequestTagging(get_wsgi_application())  # Django
 
-The request runs in a copy of the caller's :mod:`contextvars` context, entered
-again for each chunk of the body and for ``close()``. Whatever the request
-binds (ours or the app's own ``bind_contextvars`` calls) is discarded with that
-copy, so nothing leaks into the next request the thread serves, whether the
-app returned, raised or streamed.
+The request's context variables are set when the request starts and
+restored to their previous values when the server closes the response (also
+when the app raises, and only after the last chunk of a streamed body), so
+nothing of ours leaks into the next request the thread serves. Keys your own
+code binds with ``bind_contextvars`` are yours to clear; structlog recommends
+``clear_contextvars()`` at the start of each request, or
+``bound_contextvars()``.
 
 .. autoclass:: RequestTagging
 """
@@ -39,15 +41,16 @@ from __future__ import annotations
 
 import time
 import typing as t
-from contextvars import Context
-from contextvars import copy_context
+from contextlib import AbstractContextManager
+from contextvars import Token
 
 from . import sentry
+from .context import current_pid_str
 from .context import request_info
 from .context import RequestInfo
 from .internal import logger
 from .internal import report_internal_error
-from .logging import context_binder
+from .logging import structlog_vars
 from .settings import Settings
 from .signals import request_finished
 from .signals import request_tagged
@@ -61,10 +64,9 @@ if t.TYPE_CHECKING:
 
 __all__ = ["RequestTagging"]
 
-_bind = context_binder("request_id", "pid", "thread", "method", "path")
-_bind_traced = context_binder(
-    "request_id", "pid", "thread", "method", "path", "trace_id"
-)
+_VARS = structlog_vars("request_id", "pid", "thread", "method", "path")
+_REQUEST_ID, _PID, _THREAD, _METHOD, _PATH = _VARS
+(_TRACE_ID,) = structlog_vars("trace_id")
 
 
 class RequestTagging:
@@ -105,31 +107,22 @@ class RequestTagging:
     def __call__(
         self, environ: WSGIEnvironment, start_response: StartResponse
     ) -> t.Iterable[bytes]:
-        ctx = copy_context()
-        response: t.Iterable[bytes] = ctx.run(self._run, ctx, environ, start_response)
-        return response
-
-    def _run(
-        self, ctx: Context, environ: WSGIEnvironment, start_response: StartResponse
-    ) -> t.Iterable[bytes]:
         info = request_info(
             environ, header_key=self._header_key, trust_incoming=self._trust
         )
-        response = _TaggedResponse(self, ctx, environ, info, start_response)
+        response = _TaggedResponse(self, environ, info, start_response)
         try:
-            if info.trace_id is None:
-                _bind(info.request_id, info.pid, info.thread, info.method, info.path)
-            else:
-                _bind_traced(
-                    info.request_id,
-                    info.pid,
-                    info.thread,
-                    info.method,
-                    info.path,
-                    info.trace_id,
-                )
+            response.tokens = (
+                _REQUEST_ID.set(info.request_id),
+                _PID.set(info.pid),
+                _THREAD.set(info.thread),
+                _METHOD.set(info.method),
+                _PATH.set(info.path),
+            )
+            if info.trace_id is not None:
+                response.trace_token = _TRACE_ID.set(info.trace_id)
             if sentry.is_active():
-                sentry.tag_request(info)
+                response.sentry_scope = sentry.enter_request_scope(info)
             if request_tagged.receivers:
                 send_safely(
                     request_tagged,
@@ -146,18 +139,16 @@ class RequestTagging:
         try:
             app_iter = self.app(environ, response.start_response)
         except BaseException:
-            if self._access_log or request_finished.receivers:
-                response.finish()
+            response.end()
             raise
         file_wrapper = environ.get("wsgi.file_wrapper")
         if file_wrapper is not None and isinstance(app_iter, file_wrapper):
             # Let the server send the file itself (sendfile, uWSGI offload):
-            # report now, since wrapping would hide the file from the server.
-            if self._access_log or request_finished.receivers:
-                response.finish()
+            # end the request's context now, since wrapping would hide the
+            # file from the server.
+            response.end()
             return app_iter  # type: ignore[no-any-return]
         response.app_iter = app_iter
-        response.iterator = iter(app_iter)
         return response
 
     def _finished(self, response: _TaggedResponse) -> None:
@@ -186,35 +177,33 @@ class RequestTagging:
 
 
 class _TaggedResponse:
-    """The app's response iterable, iterated and closed in the request context."""
+    """The app's response iterable; ``close()`` ends the request's context.
 
-    __slots__ = (
-        "owner",
-        "ctx",
-        "environ",
-        "info",
-        "server_start_response",
-        "status",
-        "app_iter",
-        "iterator",
-    )
+    Iteration goes straight to the app's own iterator (no per-chunk cost):
+    the request's context variables stay set until the server calls
+    ``close()``, so lines logged while a body streams keep their request id.
+    """
+
+    # Plain attributes with class-level defaults: the rarely used ones cost
+    # nothing on the common request.
+    status: str | None = None
+    app_iter: t.Iterable[bytes] = ()
+    tokens: tuple[Token[t.Any], ...] = ()
+    trace_token: Token[t.Any] | None = None
+    sentry_scope: AbstractContextManager[t.Any] | None = None
+    ended = False
 
     def __init__(
         self,
         owner: RequestTagging,
-        ctx: Context,
         environ: WSGIEnvironment,
         info: RequestInfo,
         start_response: StartResponse,
     ) -> None:
         self.owner = owner
-        self.ctx = ctx
         self.environ = environ
         self.info = info
         self.server_start_response = start_response
-        self.status: str | None = None
-        self.app_iter: t.Iterable[bytes] = ()
-        self.iterator: t.Iterator[bytes] = iter(())
 
     def start_response(
         self,
@@ -233,33 +222,46 @@ class _TaggedResponse:
                 break
         headers = [*headers, (owner._header_name, info.request_id)]
         if owner._worker_headers:
-            headers.append(("X-Diag-PID", str(info.pid)))
+            headers.append(("X-Diag-PID", current_pid_str()))
             headers.append(("X-Diag-Thread", info.thread))
         if owner._server_timing:
             elapsed = (time.perf_counter() - info.started) * 1000.0
             headers.append(("Server-Timing", f"app;dur={elapsed:.2f}"))
         return self.server_start_response(status, headers, exc_info)
 
-    def __iter__(self) -> _TaggedResponse:
-        return self
-
-    def __next__(self) -> bytes:
-        return self.ctx.run(next, self.iterator)
+    def __iter__(self) -> t.Iterator[bytes]:
+        return iter(self.app_iter)
 
     def close(self) -> None:
-        self.ctx.run(self._close)
-
-    def _close(self) -> None:
         try:
             close = getattr(self.app_iter, "close", None)
             if close is not None:
                 close()
         finally:
-            if self.owner._access_log or request_finished.receivers:
-                self.finish()
+            self.end()
 
-    def finish(self) -> None:
+    def end(self) -> None:
+        """Report the finished request and restore the context; runs once."""
+        if self.ended:
+            return
+        self.ended = True
+        owner = self.owner
+        if owner._access_log or request_finished.receivers:
+            try:
+                owner._finished(self)
+            except Exception as exc:
+                report_internal_error("finishing the request", exc)
+        if self.sentry_scope is not None:
+            try:
+                self.sentry_scope.__exit__(None, None, None)
+            except Exception as exc:
+                report_internal_error("leaving the Sentry scope", exc)
         try:
-            self.owner._finished(self)
-        except Exception as exc:
-            report_internal_error("finishing the request", exc)
+            if self.trace_token is not None:
+                _TRACE_ID.reset(self.trace_token)
+            for var, token in zip(_VARS, self.tokens, strict=False):
+                var.reset(token)
+        except ValueError:
+            # close() came from another thread or context than the request:
+            # the request's own context is gone with it; nothing to restore.
+            pass
