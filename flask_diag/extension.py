@@ -74,7 +74,11 @@ class Diag:
     def settings_for(self, app: Flask | None = None) -> Settings:
         """The effective settings of ``app`` (default: the current app)."""
         if app is None:
-            app = t.cast(Flask, current_app._get_current_object())  # type: ignore[attr-defined]
+            app = current_app
+        # A LocalProxy (``current_app``) cannot key a WeakKeyDictionary.
+        unwrap = getattr(app, "_get_current_object", None)
+        if unwrap is not None:
+            app = t.cast(Flask, unwrap())
         try:
             return self._settings[app]
         except KeyError:

@@ -6,7 +6,8 @@ its own process id: ``SIGTERM``, then ``SIGKILL`` to its process group after
 a bounded wait, whether the test passed or failed. The server's stdout and
 stderr go to one file in ``tmp_path``; :meth:`ServerProcess.log_text` and
 :meth:`ServerProcess.json_lines` read it back (flask_diag's examples log JSON
-lines on stderr).
+lines on stderr, which Python never buffers; a server's stdout is
+block-buffered when it goes to a file).
 
 The fixtures are factories::
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import http.client
 import importlib
 import importlib.util
@@ -137,7 +139,6 @@ class ServerProcess:
             for key, value in os.environ.items()
             if not (key == "FLASK_DIAG" or key.startswith("FLASK_DIAG_"))
         }
-        env["PYTHONUNBUFFERED"] = "1"
         env["PYTHONDONTWRITEBYTECODE"] = "1"
         if self.cwd is not None:
             paths = [str(self.cwd), env.get("PYTHONPATH", "")]
@@ -375,6 +376,18 @@ def _worker_count(args: Sequence[str]) -> int:
     return workers
 
 
+@functools.cache
+def _gunicorn_has_control_socket() -> bool:
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=STARTUP_TIMEOUT,
+        check=False,
+    )
+    return "--no-control-socket" in result.stdout
+
+
 @pytest.fixture
 def gunicorn_server(server_factory: ServerFactory) -> ServerFactory:
     """``gunicorn_server(app_spec, *args, env=, cwd=, ready_path=)``.
@@ -393,15 +406,15 @@ def gunicorn_server(server_factory: ServerFactory) -> ServerFactory:
         timeout: float = STARTUP_TIMEOUT,
     ) -> ServerProcess:
         require_module("gunicorn")
-        command = [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--bind",
-            "{host}:{port}",
-            *args,
-            app_spec,
-        ]
+        options = ["--bind", "{host}:{port}"]
+        if _gunicorn_has_control_socket() and not any(
+            arg.startswith(("--control-socket", "--no-control-socket"))
+            for arg in args
+        ):
+            # Recent gunicorn opens a control socket at one fixed path in the
+            # home directory: servers running side by side would share it.
+            options.append("--no-control-socket")
+        command = [sys.executable, "-m", "gunicorn", *options, *args, app_spec]
         server = server_factory(
             command,
             env=env,

