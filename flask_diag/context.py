@@ -47,7 +47,7 @@ _pid_str = str(_pid)
 # Request ids are a random per-process prefix and a counter: unique across
 # workers and hosts like a uuid4, at a third of its cost on every request.
 _id_prefix = os.urandom(8).hex()
-_id_counter = itertools.count()
+_id_counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
 
 
 def _refresh_pid() -> None:
@@ -55,7 +55,7 @@ def _refresh_pid() -> None:
     _pid = os.getpid()
     _pid_str = str(_pid)
     _id_prefix = os.urandom(8).hex()
-    _id_counter = itertools.count()
+    _id_counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
 
 
 # gunicorn and uWSGI fork workers after importing the app: the cached pid must
@@ -77,7 +77,8 @@ def new_request_id() -> str:
     """A fresh request id: 32 hex digits.
 
     64 random bits drawn once per process (again after ``fork()``, so every
-    gunicorn worker has its own) followed by a 64-bit counter: ids from
+    gunicorn worker has its own) followed by a 64-bit counter that starts at
+    a random value: ids from
     different workers and hosts do not collide, and making one costs a
     fraction of ``uuid.uuid4().hex``. Request ids are labels, not secrets.
     """

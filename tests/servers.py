@@ -408,8 +408,7 @@ def gunicorn_server(server_factory: ServerFactory) -> ServerFactory:
         require_module("gunicorn")
         options = ["--bind", "{host}:{port}"]
         if _gunicorn_has_control_socket() and not any(
-            arg.startswith(("--control-socket", "--no-control-socket"))
-            for arg in args
+            arg.startswith(("--control-socket", "--no-control-socket")) for arg in args
         ):
             # Recent gunicorn opens a control socket at one fixed path in the
             # home directory: servers running side by side would share it.

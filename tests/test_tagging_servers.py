@@ -9,6 +9,7 @@ checks what a client and an operator see: the ``X-Request-ID``,
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import socket
@@ -23,10 +24,11 @@ import pytest
 import requests
 import structlog
 from flask import Flask
-
 from servers import EXAMPLES
 from servers import require_module
 from servers import ServerProcess
+
+import flask_diag.logging
 
 pytestmark = pytest.mark.server
 
@@ -50,9 +52,10 @@ TAGGING_APP = textwrap.dedent(
     from flask_diag import Diag
 
     # flask_diag.logging.configure() uses structlog's PrintLogger, whose
-    # print() writes the line and its newline in two writes to an unbuffered
-    # stderr: lines of concurrent worker processes then interleave. A
-    # WriteLogger writes each line at once.
+    # print() writes the line and its newline in two writes to stderr (which
+    # is write-through): lines of concurrent worker processes then
+    # interleave. A WriteLogger writes each line at once. See
+    # test_configure_writes_each_line_in_one_write below.
     structlog.configure(
         processors=flask_diag.logging.recommended_processors(json=True),
         logger_factory=structlog.WriteLoggerFactory(sys.stderr),
@@ -149,6 +152,7 @@ def test_pitfall7_state_in_one_worker_is_visible(gunicorn_server: t.Any) -> None
     disagree, and the headers and logs show why (several PIDs)."""
     server = gunicorn_server("app:app", "-w", "4", cwd=EXAMPLES / "pitfall7_cars")
     pid_of: dict[str, int] = {}
+    count_of: dict[str, int] = {}  # the count each response reported
     wrong_counts = []
     posts = 0
     # At least 40 pairs; more (bounded) only if the kernel happened to hand
@@ -167,6 +171,7 @@ def test_pitfall7_state_in_one_worker_is_visible(gunicorn_server: t.Any) -> None
         assert_tagged(r, request_id=post_id)
         posts += 1
         pid_of[post_id] = int(r.headers["X-Diag-PID"])
+        count_of[post_id] = r.json()["count"]
 
         get_id = f"p7-get-{i}"
         r = requests.get(
@@ -175,6 +180,7 @@ def test_pitfall7_state_in_one_worker_is_visible(gunicorn_server: t.Any) -> None
         assert r.status_code == 200, r.text
         assert_tagged(r, request_id=get_id)
         pid_of[get_id] = int(r.headers["X-Diag-PID"])
+        count_of[get_id] = r.json()["count"]
         if r.json()["count"] != posts:
             wrong_counts.append((posts, r.json()["count"], pid_of[get_id]))
 
@@ -192,6 +198,7 @@ def test_pitfall7_state_in_one_worker_is_visible(gunicorn_server: t.Any) -> None
     assert logged.keys() == pid_of.keys()
     for request_id, line in logged.items():
         assert line["pid"] == pid_of[request_id], line
+        assert line["count"] == count_of[request_id], line
         assert line["thread"] == "MainThread"  # sync worker
         assert line["path"] == "/cars"
     assert {line["pid"] for line in lines} == pids
@@ -275,9 +282,11 @@ def test_gthread_load_no_context_leaks(
         by_token[body["token"]] = r
     ids = {r.headers["X-Request-ID"] for r in responses}
     assert len(ids) == total, "request ids collided"
-    # Threads of a worker served requests side by side (which worker accepts
-    # which connection is the kernel's choice).
-    served_by = {(r.headers["X-Diag-PID"], r.headers["X-Diag-Thread"]) for r in responses}
+    # Both workers, and several threads of each, served requests.
+    assert len({r.headers["X-Diag-PID"] for r in responses}) == 2
+    served_by = {
+        (r.headers["X-Diag-PID"], r.headers["X-Diag-Thread"]) for r in responses
+    }
     assert len(served_by) > 2, served_by
 
     work = server.wait_for_json_lines(
@@ -285,7 +294,7 @@ def test_gthread_load_no_context_leaks(
         count=2 * total,
     )
     assert len(work) == 2 * total
-    seen = Counter()
+    seen: Counter[tuple[str, str]] = Counter()
     for line in work:
         assert line.get("request_id"), f"log line without request id: {line}"
         r = by_token[line["token"]]
@@ -295,12 +304,9 @@ def test_gthread_load_no_context_leaks(
         assert line["path"] == "/work"
         seen[(line["token"], line["event"])] += 1
     assert set(seen.values()) == {1}
-    # No line anywhere in the output carries an id no response had.
-    stray = [
-        line
-        for line in server.json_lines()
-        if "request_id" in line and line["request_id"] not in ids
-    ]
+    # No line anywhere in the output lacks an id or carries one no response
+    # had.
+    stray = [line for line in server.json_lines() if line.get("request_id") not in ids]
     assert not stray
 
 
@@ -312,15 +318,9 @@ def test_gthread_streamed_response_keeps_request_id(
     )
 
     def call(i: int) -> requests.Response:
-        r = requests.get(
-            server.url + "/stream",
-            params={"token": f"s{i}"},
-            timeout=TIMEOUT,
-            stream=True,
+        return requests.get(
+            server.url + "/stream", params={"token": f"s{i}"}, timeout=TIMEOUT
         )
-        with r:
-            r.raw_body = b"".join(r.iter_content(chunk_size=None))  # type: ignore[attr-defined]
-        return r
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         responses = list(pool.map(call, range(24)))
@@ -328,7 +328,7 @@ def test_gthread_streamed_response_keeps_request_id(
     for i, r in enumerate(responses):
         assert r.status_code == 200
         assert r.headers.get("Transfer-Encoding") == "chunked"
-        assert r.raw_body.decode().splitlines() == [f"s{i} {n}" for n in range(5)]  # type: ignore[attr-defined]
+        assert r.text.splitlines() == [f"s{i} {n}" for n in range(5)]
         assert_tagged(r)
     chunks = server.wait_for_json_lines(
         lambda line: line.get("event") == "chunk", count=5 * len(responses)
@@ -433,7 +433,9 @@ def test_django_example_under_gunicorn(gunicorn_server: t.Any) -> None:
 # -- 6. Malformed incoming request ids ---------------------------------------------
 
 
-def raw_get(server: ServerProcess, path: str, header_value: bytes) -> tuple[int, dict[str, str], bytes]:
+def raw_get(
+    server: ServerProcess, path: str, header_value: bytes
+) -> tuple[int, dict[str, str], bytes]:
     """Send one request with a raw ``X-Request-ID`` value over a socket."""
     request = (
         b"GET " + path.encode() + b" HTTP/1.1\r\n"
@@ -521,7 +523,9 @@ def test_worker_headers_off(gunicorn_server: t.Any, tagging_app_dir: Path) -> No
     server = gunicorn_server(
         "tagapp:app", cwd=tagging_app_dir, env={"FLASK_DIAG_WORKER_HEADERS": "off"}
     )
-    r = requests.get(server.url + "/echo-id", headers={"X-Request-ID": "w-1"}, timeout=5)
+    r = requests.get(
+        server.url + "/echo-id", headers={"X-Request-ID": "w-1"}, timeout=5
+    )
     assert r.status_code == 200
     assert r.headers["X-Request-ID"] == "w-1"
     assert "X-Diag-PID" not in r.headers
@@ -531,3 +535,32 @@ def test_worker_headers_off(gunicorn_server: t.Any, tagging_app_dir: Path) -> No
     (line,) = lines_for(server, "w-1")
     assert isinstance(line["pid"], int) and line["pid"] != server.pid
     assert line["thread"] == "MainThread"
+
+
+# -- Whole log lines ---------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    reason="flask_diag.logging.configure() uses structlog's PrintLogger, whose"
+    " print() writes each line and its newline in two write() calls; stderr is"
+    " write-through, so lines of concurrent gunicorn workers interleave",
+)
+def test_configure_writes_each_line_in_one_write() -> None:
+    """Worker processes share one stderr: a line is whole only if it is
+    written with one ``write()`` (the load test above lost lines this way
+    until its app used ``structlog.WriteLoggerFactory``)."""
+
+    class Recorder(io.StringIO):
+        def __init__(self) -> None:
+            super().__init__()
+            self.writes: list[str] = []
+
+        def write(self, s: str) -> int:
+            self.writes.append(s)
+            return super().write(s)
+
+    recorder = Recorder()
+    flask_diag.logging.configure(file=recorder)
+    structlog.get_logger().info("one line", n=1)
+    (write,) = recorder.writes
+    assert write.endswith("}\n")

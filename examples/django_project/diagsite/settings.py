@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "dev-only-not-secret-flask-diag-example")
+SECRET_KEY = os.environ.get(
+    "DJANGO_SECRET_KEY", "dev-only-not-secret-flask-diag-example"
+)
 DEBUG = False
 ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
 

@@ -14,4 +14,6 @@ def hello(request: HttpRequest) -> HttpResponse:
 
 
 def status(request: HttpRequest) -> JsonResponse:
-    return JsonResponse({"ok": True, "seen_request_id": request.headers.get("X-Request-ID")})
+    return JsonResponse(
+        {"ok": True, "seen_request_id": request.headers.get("X-Request-ID")}
+    )

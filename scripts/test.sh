@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Sets up and runs the whole test suite on a fresh machine with only Python
+# and the package registries: system packages the real-server tests need
+# (as root, from Debian), a virtualenv of its own (.venv-test), then lint,
+# type checks, the documentation build (warnings are errors), a smoke run of
+# the benchmarks, and pytest. Extra arguments go to pytest.
+#
+#   bash scripts/test.sh
+#   bash scripts/test.sh -k tagging -x
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-python3}
+venv=.venv-test
+
+# Debian packages the real-server tests use. Missing ones are installed when
+# we can (root); otherwise the tests that need them fail loudly, never skip.
+packages=(tmux)
+missing=()
+for package in "${packages[@]}"; do
+    dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+done
+if ((${#missing[@]})); then
+    if [ "$(id -u)" = 0 ]; then
+        echo "==> apt-get install ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+        echo "warning: not root, cannot install: ${missing[*]}" >&2
+    fi
+fi
+
+echo "==> virtualenv $venv"
+"$python" -m venv "$venv"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+"$venv/bin/python" -c "import flask_diag, gunicorn, waitress, django, sphinx"
+
+echo "==> ruff"
+"$venv/bin/ruff" check .
+"$venv/bin/ruff" format --check .
+echo "==> mypy"
+"$venv/bin/mypy"
+echo "==> docs"
+"$venv/bin/sphinx-build" -W --keep-going -q -b html docs docs/_build/html
+echo "==> benchmarks (smoke run; figures come from a full run)"
+"$venv/bin/python" benchmarks/bench_stack.py --quick >/dev/null
+echo "==> pytest"
+exec "$venv/bin/python" -m pytest "$@"
