@@ -109,10 +109,12 @@ def configure(*, json: bool = True, file: t.TextIO | None = None) -> None:
 
     For applications and scripts only: a library must not call it. Writes one
     line per event to ``file`` (default: ``sys.stderr``, where gunicorn and
-    uWSGI collect worker output).
+    uWSGI collect worker output), each with a single ``write()``: worker
+    processes share that stream, and structlog's ``PrintLogger`` (``print()``
+    writes the newline separately) lets their lines interleave.
     """
     structlog.configure(
         processors=recommended_processors(json=json),
-        logger_factory=structlog.PrintLoggerFactory(file or sys.stderr),
+        logger_factory=structlog.WriteLoggerFactory(file or sys.stderr),
         cache_logger_on_first_use=False,
     )

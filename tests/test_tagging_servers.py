@@ -342,6 +342,31 @@ def test_gthread_streamed_response_keeps_request_id(
         assert line["thread"] == r.headers["X-Diag-Thread"]
 
 
+def test_sync_worker_next_request_inherits_nothing(
+    gunicorn_server: t.Any, tagging_app_dir: Path
+) -> None:
+    """One sync worker, one thread: a request with a ``traceparent`` and the
+    one after it, without. The second logs no trace id of the first."""
+    server = gunicorn_server("tagapp:app", cwd=tagging_app_dir)
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    first = requests.get(
+        server.url + "/echo-id",
+        headers={
+            "X-Request-ID": "first",
+            "traceparent": f"00-{trace_id}-00f067aa0ba902b7-01",
+        },
+        timeout=TIMEOUT,
+    )
+    second = requests.get(
+        server.url + "/echo-id", headers={"X-Request-ID": "second"}, timeout=TIMEOUT
+    )
+    assert first.headers["X-Diag-PID"] == second.headers["X-Diag-PID"]
+    (line,) = lines_for(server, "first")
+    assert line["trace_id"] == trace_id
+    (line,) = lines_for(server, "second")
+    assert "trace_id" not in line, line
+
+
 # -- 3. and 4. werkzeug dev server and waitress ---------------------------------------
 
 
@@ -540,11 +565,6 @@ def test_worker_headers_off(gunicorn_server: t.Any, tagging_app_dir: Path) -> No
 # -- Whole log lines ---------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    reason="flask_diag.logging.configure() uses structlog's PrintLogger, whose"
-    " print() writes each line and its newline in two write() calls; stderr is"
-    " write-through, so lines of concurrent gunicorn workers interleave",
-)
 def test_configure_writes_each_line_in_one_write() -> None:
     """Worker processes share one stderr: a line is whole only if it is
     written with one ``write()`` (the load test above lost lines this way
