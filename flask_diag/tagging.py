@@ -64,6 +64,7 @@ if t.TYPE_CHECKING:
 
 __all__ = ["RequestTagging"]
 
+_TAGGED = "flask_diag.tagged"
 _VARS = structlog_vars("request_id", "pid", "thread", "method", "path")
 _REQUEST_ID, _PID, _THREAD, _METHOD, _PATH = _VARS
 (_TRACE_ID,) = structlog_vars("trace_id")
@@ -107,6 +108,11 @@ class RequestTagging:
     def __call__(
         self, environ: WSGIEnvironment, start_response: StartResponse
     ) -> t.Iterable[bytes]:
+        if _TAGGED in environ:
+            # Wrapped twice (``Diag(app)`` and ``wrap(app)``): the outer one
+            # tags; a second set of headers would duplicate them.
+            return self.app(environ, start_response)
+        environ[_TAGGED] = True
         info = request_info(
             environ, header_key=self._header_key, trust_incoming=self._trust
         )

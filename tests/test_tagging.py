@@ -358,3 +358,12 @@ def test_werkzeug_request_sees_cleaned_header() -> None:
 
     response = _get(Client(wrap(app)), "/", environ_base={"HTTP_X_REQUEST_ID": "a b"})
     assert response.get_data(as_text=True) == response.headers["X-Request-ID"]
+
+
+def test_wrapping_twice_tags_once(app: Flask) -> None:
+    app.wsgi_app = RequestTagging(RequestTagging(app.wsgi_app))  # type: ignore[method-assign]
+    with capture_signals() as sent:
+        response = _get(app.test_client(), "/")
+    assert len(response.headers.getlist("X-Request-ID")) == 1
+    assert len(response.headers.getlist("X-Diag-PID")) == 1
+    assert [s.name for s in sent] == ["request-tagged", "request-finished"]
