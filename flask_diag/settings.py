@@ -55,6 +55,9 @@ class Option(t.NamedTuple):
 def _parse_bool(value: object) -> bool:
     if isinstance(value, bool):
         return value
+    if isinstance(value, int) and value in (0, 1):
+        # ``app.config.from_prefixed_env()`` turns "1" into the integer 1.
+        return bool(value)
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return value.strip().lower() in _TRUE
     raise ValueError
@@ -224,6 +227,7 @@ class Settings:
         return dataclasses.replace(self, **parsed)  # type: ignore[arg-type]
 
     def as_dict(self) -> dict[str, object]:
+        """The settings as a plain ``dict``, by attribute name."""
         return dataclasses.asdict(self)
 
 

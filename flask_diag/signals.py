@@ -1,7 +1,8 @@
 """Signals
 =======
 
-flask_diag announces what it does through `blinker`_ signals in its own
+flask_diag announces what it does through
+`blinker <https://blinker.readthedocs.io/>`__ signals in its own
 namespace, so monitoring code can subscribe without touching the middleware::
 
     from flask_diag import signals
@@ -15,8 +16,6 @@ The sender is the middleware instance. A receiver that raises is logged
 (``flask_diag internal error``) and skipped: the other receivers still run
 and the request is never affected. Signals are sent only when a receiver is
 connected, so an unused signal costs nothing on the request path.
-
-.. _blinker: https://blinker.readthedocs.io/
 """
 
 from __future__ import annotations
@@ -36,6 +35,7 @@ __all__ = [
     "send_safely",
 ]
 
+#: The blinker namespace holding every flask_diag signal.
 namespace = Namespace()
 
 #: Sent by :class:`~flask_diag.tagging.RequestTagging` when a request starts,

@@ -29,8 +29,13 @@ __all__ = ["SentSignal", "capture_signals", "capture_logs"]
 
 
 class SentSignal(t.NamedTuple):
+    """One signal recorded by :func:`capture_signals`."""
+
+    #: The signal's name, e.g. ``"request-tagged"``.
     name: str
+    #: The middleware instance that sent it.
     sender: object
+    #: The keyword arguments it was sent with.
     kwargs: dict[str, t.Any]
 
 

@@ -136,3 +136,13 @@ def test_invalid_environment_fails_at_start_up_in_wrap(
     monkeypatch.setenv("FLASK_DIAG", "perhaps")
     with pytest.raises(DiagConfigError, match="FLASK_DIAG='perhaps'"):
         wrap(lambda environ, start_response: [])
+
+
+def test_integer_flags_from_config() -> None:
+    # app.config.from_prefixed_env() turns "1" into the integer 1.
+    settings = Settings.load(
+        config={"DIAG_ACCESS_LOG": 1, "DIAG_TAGGING": 0}, environ={}
+    )
+    assert settings.access_log is True and settings.tagging is False
+    with pytest.raises(DiagConfigError, match="DIAG_ACCESS_LOG=2 is not valid"):
+        Settings.load(config={"DIAG_ACCESS_LOG": 2}, environ={})
