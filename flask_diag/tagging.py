@@ -117,30 +117,34 @@ class RequestTagging:
             environ, header_key=self._header_key, trust_incoming=self._trust
         )
         response = _TaggedResponse(self, environ, info, start_response)
-        try:
-            response.tokens = (
-                _REQUEST_ID.set(info.request_id),
-                _PID.set(info.pid),
-                _THREAD.set(info.thread),
-                _METHOD.set(info.method),
-                _PATH.set(info.path),
-            )
-            if info.trace_id is not None:
-                response.trace_token = _TRACE_ID.set(info.trace_id)
-            if sentry.is_active():
+        # Setting context variables cannot fail; the Sentry step and each
+        # signal receiver are guarded on their own, so one failing step never
+        # keeps the others (``request_finished`` always has its
+        # ``request_tagged``).
+        response.tokens = (
+            _REQUEST_ID.set(info.request_id),
+            _PID.set(info.pid),
+            _THREAD.set(info.thread),
+            _METHOD.set(info.method),
+            _PATH.set(info.path),
+        )
+        if info.trace_id is not None:
+            response.trace_token = _TRACE_ID.set(info.trace_id)
+        if sentry.is_active():
+            try:
                 response.sentry_scope = sentry.enter_request_scope(info)
-            if request_tagged.receivers:
-                send_safely(
-                    request_tagged,
-                    self,
-                    environ=environ,
-                    request_id=info.request_id,
-                    trace_id=info.trace_id,
-                    pid=info.pid,
-                    thread=info.thread,
-                )
-        except Exception as exc:
-            report_internal_error("tagging the request", exc)
+            except Exception as exc:
+                report_internal_error("tagging the Sentry scope", exc)
+        if request_tagged.receivers:
+            send_safely(
+                request_tagged,
+                self,
+                environ=environ,
+                request_id=info.request_id,
+                trace_id=info.trace_id,
+                pid=info.pid,
+                thread=info.thread,
+            )
 
         try:
             app_iter = self.app(environ, response.start_response)

@@ -445,14 +445,15 @@ def sentry_init(sentry_endpoint: SentryEndpoint) -> Iterator[SentryInit]:
     (``http_proxy=""``), so the envelopes go straight to 127.0.0.1; every
     other option is the SDK's default. Returns the client. Calling it again
     closes the previous client first. At teardown the client is flushed and
-    closed (bounded) and the SDK reset: no client, and empty global,
-    isolation and current scopes.
+    closed (within its ``shutdown_timeout``, at most :data:`CLOSE_TIMEOUT`
+    seconds) and the SDK reset: no client, and empty global, isolation and
+    current scopes.
     """
     clients: list[sentry_sdk.Client] = []
 
     def init(**options: t.Any) -> sentry_sdk.Client:
         if clients:
-            clients[-1].close(timeout=CLOSE_TIMEOUT)
+            _close(clients[-1])
         options.setdefault("dsn", sentry_endpoint.dsn())
         options.setdefault("http_proxy", "")
         options.setdefault("https_proxy", "")
@@ -468,6 +469,15 @@ def sentry_init(sentry_endpoint: SentryEndpoint) -> Iterator[SentryInit]:
         _deinit(clients)
 
 
+def _close(client: sentry_sdk.Client) -> None:
+    """Flush and close: the client's ``shutdown_timeout``, at most
+    :data:`CLOSE_TIMEOUT` seconds."""
+    timeout = client.options.get("shutdown_timeout")
+    if timeout is None or timeout > CLOSE_TIMEOUT:
+        timeout = CLOSE_TIMEOUT
+    client.close(timeout=timeout)
+
+
 def _deinit(clients: list[sentry_sdk.Client]) -> None:
     """Close the clients and leave sentry-sdk as if never initialised.
 
@@ -480,7 +490,7 @@ def _deinit(clients: list[sentry_sdk.Client]) -> None:
     errors: list[BaseException] = []
     for client in reversed(clients):
         try:
-            client.close(timeout=CLOSE_TIMEOUT)
+            _close(client)
         except Exception as exc:  # keep resetting
             errors.append(exc)
     Scope.get_global_scope().set_client(None)
