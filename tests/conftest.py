@@ -13,19 +13,10 @@ import typing as t
 import pytest
 import structlog
 from flask import Flask
+from sentry_endpoint import *  # noqa: F403
+from servers import *  # noqa: F403
 
 from flask_diag import Diag
-
-try:  # written alongside; absent only while a helper module is being written
-    from servers import *  # noqa: F403
-except ImportError as exc:  # pragma: no cover
-    if "servers" not in str(exc):
-        raise
-try:
-    from sentry_endpoint import *  # noqa: F403
-except ImportError as exc:  # pragma: no cover
-    if "sentry_endpoint" not in str(exc):
-        raise
 
 
 @pytest.fixture(autouse=True)
