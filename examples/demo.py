@@ -4,7 +4,10 @@ Run through ``bash scripts/demo.sh`` (which creates its own virtualenv), or
 directly with an environment that has flask_diag and gunicorn installed::
 
     python examples/demo.py            # every scenario
-    python examples/demo.py workers    # one of them
+    python examples/demo.py errors     # one of them (or several)
+
+Scenarios: ``secret-key`` (pitfall 1), ``self-call`` (pitfall 2),
+``errors`` (pitfall 5), ``workers`` (pitfall 7).
 
 Every server listens on 127.0.0.1 only, on a free port, and is stopped by
 its process id when its scenario ends, also on Ctrl-C or a failure.
@@ -14,13 +17,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
+import importlib.util
 import json
 import os
+import re
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 import typing as t
 import urllib.error
@@ -63,19 +71,27 @@ class Server:
 
 
 @contextlib.contextmanager
-def gunicorn(
-    app: str, *args: str, cwd: Path, env: dict[str, str] | None = None
+def serve(
+    command: list[str],
+    shown: str,
+    *,
+    cwd: Path,
+    port: int,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Server]:
-    port = free_port()
+    """Start ``command`` listening on 127.0.0.1:``port``; stop it by its pid."""
+    env = env or {}
+    prefix = " ".join(
+        f"{name}=<random>" if "SECRET" in name else f"{name}={value}"
+        for name, value in env.items()
+    )
+    say(f"$ {prefix} {shown}" if prefix else f"$ {shown}")
     log = Path(tempfile.mkstemp(prefix="flask-diag-demo-", suffix=".log")[1])
-    command = [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}"]
-    command += [*args, app]
-    say(f"$ gunicorn {' '.join([*args, '-b', f'127.0.0.1:{port}', app])}")
     with open(log, "wb") as out:
         process = subprocess.Popen(
             command,
             cwd=cwd,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **env},
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -85,13 +101,13 @@ def gunicorn(
         deadline = time.monotonic() + 20
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited:\n{log.read_text()}")
+                raise RuntimeError(f"{shown!r} exited:\n{log.read_text()}")
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=1):
                     break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError("gunicorn did not start in 20 s") from None
+                    raise RuntimeError(f"{shown!r} did not start in 20 s") from None
                 time.sleep(0.1)
         yield server
     finally:
@@ -105,18 +121,98 @@ def gunicorn(
         log.unlink(missing_ok=True)
 
 
+def gunicorn(
+    app: str, *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> contextlib.AbstractContextManager[Server]:
+    port = free_port()
+    command = [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}"]
+    shown = f"gunicorn {' '.join([*args, '-b', f'127.0.0.1:{port}', app])}"
+    return serve([*command, *args, app], shown, cwd=cwd, port=port, env=env)
+
+
 def request(
-    method: str, url: str, body: dict[str, t.Any] | None = None
+    method: str,
+    url: str,
+    body: dict[str, t.Any] | None = None,
+    *,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10,
 ) -> tuple[int, dict[str, str], bytes]:
+    """One request, urllib only; an error status is returned, not raised.
+
+    A body cut off by the server (the connection closed mid-way) comes back
+    as far as it got, with an ``X-Demo-Truncated`` pseudo-header.
+    """
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method=method)
     if data is not None:
         req.add_header("Content-Type", "application/json")
+    for name, value in (headers or {}).items():
+        req.add_header(name, value)
     try:
-        with urllib.request.urlopen(req, timeout=10) as response:
-            return response.status, dict(response.headers), response.read()
+        response = urllib.request.urlopen(req, timeout=timeout)
     except urllib.error.HTTPError as error:
         return error.code, dict(error.headers), error.read()
+    with response:
+        try:
+            return response.status, dict(response.headers), response.read()
+        except http.client.IncompleteRead as error:
+            truncated = {**response.headers, "X-Demo-Truncated": "yes"}
+            return response.status, truncated, error.partial
+
+
+def timed(
+    method: str, url: str, *, timeout: float = 10
+) -> tuple[int, dict[str, str], bytes, float]:
+    """:func:`request`, and how many seconds it took."""
+    started = time.monotonic()
+    status, headers, body = request(method, url, timeout=timeout)
+    return status, headers, body, time.monotonic() - started
+
+
+def show_members(problem: dict[str, t.Any], indent: str = "    ") -> None:
+    """The members of a problem+json body, one a line, long ones wrapped."""
+    width = max(len(name) for name in problem) + 1
+    for name, value in problem.items():
+        text = value if isinstance(value, str) else json.dumps(value)
+        say(
+            textwrap.fill(
+                text,
+                width=78,
+                initial_indent=f"{indent}{name + ':':<{width}} ",
+                subsequent_indent=indent + " " * (width + 1),
+                break_long_words=False,
+                break_on_hyphens=False,
+            )
+        )
+
+
+def exception_text(line: dict[str, t.Any]) -> str:
+    """``Type: message`` of a log line's exception (structured or text)."""
+    exception = line.get("exception")
+    if isinstance(exception, list) and exception and isinstance(exception[0], dict):
+        return f"{exception[0].get('exc_type')}: {exception[0].get('exc_value')}"
+    lines = str(exception or "").strip().splitlines()
+    return lines[-1] if lines else "(none)"
+
+
+def module_exists(name: str) -> bool:
+    """Whether this interpreter (the one the servers run) can import ``name``."""
+    return importlib.util.find_spec(name) is not None
+
+
+def wait_for_line(
+    server: Server, match: Callable[[dict[str, t.Any]], bool], timeout: float = 5
+) -> dict[str, t.Any] | None:
+    """The first JSON log line ``match`` accepts, waiting up to ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for line in server.json_lines():
+            if match(line):
+                return line
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.1)
 
 
 def scenario_workers() -> None:
@@ -154,7 +250,222 @@ def scenario_workers() -> None:
     say("examples/pitfall7_cars/app_fixed.py uses SQLite.")
 
 
+def scenario_secret_key() -> None:
+    title("Pitfall 1: the secret key set only under __main__ (gunicorn)")
+    say("examples/pitfall1_secret_key/app.py sets app.secret_key inside")
+    say("'if __name__ == \"__main__\":'. gunicorn imports the module and never")
+    say("runs that block; GET /login writes flask.session.")
+    cwd = EXAMPLES / "pitfall1_secret_key"
+    with gunicorn("app:app", cwd=cwd) as server:
+        status, headers, body = request("GET", server.url + "/login")
+        problem = json.loads(body)
+        line = wait_for_line(
+            server,
+            lambda line: (
+                line.get("event") == "request failed"
+                and line.get("request_id") == problem.get("request_id")
+            ),
+        )
+    say(f"\nGET /login -> {status}, Content-Type: {headers['Content-Type']}")
+    say(f"X-Request-ID: {headers['X-Request-ID']}; the body's members:")
+    show_members(problem)
+    if line is not None:
+        say("\nThe server's stderr has the exception and its traceback, under")
+        say("the same request_id (the client never sees them):")
+        fields = {k: line[k] for k in ("event", "status", "request_id") if k in line}
+        say(f"  {json.dumps(fields)}")
+        say(
+            textwrap.fill(
+                f"exception: {exception_text(line)}",
+                78,
+                initial_indent="  ",
+                subsequent_indent="    ",
+            )
+        )
+    say("\nFix: app_fixed.py reads the key from the environment at import time.")
+    key = {"SECRET_KEY": secrets.token_hex()}
+    with gunicorn("app_fixed:app", cwd=cwd, env=key) as server:
+        status, headers, body = request("GET", server.url + "/login")
+    cookie = headers.get("Set-Cookie", "").partition("=")[0]
+    say(f"GET /login -> {status} {body.decode().strip()} (Set-Cookie: {cookie}=...)")
+
+
+def scenario_self_call() -> None:
+    title("Pitfall 2: the request that calls back into its own server")
+    cwd = EXAMPLES / "pitfall2_selfcall"
+    missing = [name for name in ("requests", "httpx") if not module_exists(name)]
+    if missing:
+        say(f"Skipped: examples/pitfall2_selfcall/app.py imports {missing},")
+        say(f"not installed here (pip install {' '.join(missing)}).")
+        return
+    say("examples/pitfall2_selfcall/app.py: POST /recognize hands the URL of its")
+    say("own static/cat.png to an image recognition API (recognition_api.py, a")
+    say("second server here), which fetches it. gunicorn's sync worker with -w 1")
+    say("serves one request at a time: busy waiting for the API, it never serves")
+    say("the API's fetch. Without flask_diag the request just hangs.")
+    port = free_port()
+    command = [sys.executable, "recognition_api.py", "--port", str(port)]
+    shown = f"python recognition_api.py --port {port} &"
+    fetch = {"FETCH_TIMEOUT": "2"}  # the API gives up on a fetch after 2 s
+    with serve(command, shown, cwd=cwd, port=port, env=fetch) as api:
+        say("\n1. FLASK_DIAG_LOOPBACK=strict: the hand-over fails at once.")
+        env = {"FLASK_DIAG_LOOPBACK": "strict", "RECOGNITION_API": api.url}
+        with gunicorn("app:app", "-w", "1", cwd=cwd, env=env) as app:
+            request("GET", app.url + "/")  # the worker is up: time the call only
+            status, headers, body, elapsed = timed("POST", app.url + "/recognize")
+        problem = json.loads(body)
+        say(
+            f"POST /recognize -> {status} in {elapsed:.2f} s, {headers['Content-Type']}"
+        )
+        show_members({k: problem[k] for k in ("code", "detail", "hint")})
+        received = [
+            line for line in api.json_lines() if line["event"] == "recognize received"
+        ]
+        if not received:
+            say("The API never heard of it: the call was stopped before it was sent.")
+
+        say("\n2. Default mode: the hand-over is logged before the call is sent.")
+        with gunicorn(
+            "app:app", "-w", "1", cwd=cwd, env={"RECOGNITION_API": api.url}
+        ) as app:
+            request("GET", app.url + "/")
+            # Bounded: the API's fetch gives up after 2 s, so the request ends.
+            status, _, body, elapsed = timed("POST", app.url + "/recognize", timeout=8)
+            line = wait_for_line(app, lambda line: line.get("kind") == "handoff")
+            self_call = timed("GET", app.url + "/selfcall/requests")
+        say(f"POST /recognize -> {status} after {elapsed:.1f} s:")
+        say(f"    {body.decode().strip()}")
+        say("It hung until the API's fetch of the image timed out (FETCH_TIMEOUT=2")
+        say("here; 10 s by default, and the app waits up to 30 s for the API). The")
+        say("worker's log said why, before the call was sent:")
+        if line is not None:
+            keys = ("event", "level", "kind", "action", "own_url", "message")
+            show_members({k: line[k] for k in keys if k in line})
+        status, _, body, elapsed = self_call
+        say("A view calling its own URL fails at once, in this mode too:")
+        say(f"GET /selfcall/requests -> {status} in {elapsed:.2f} s")
+        show_members({k: json.loads(body)[k] for k in ("code", "detail")})
+
+        say("\n3. The fix: a worker with room for a second request (gthread).")
+        args = ("-k", "gthread", "--threads", "4")
+        with gunicorn(
+            "app:app", *args, cwd=cwd, env={"RECOGNITION_API": api.url}
+        ) as app:
+            recognized = request("POST", app.url + "/recognize")
+            self_call = request("GET", app.url + "/selfcall/requests")
+            line = wait_for_line(app, lambda line: line.get("kind") == "under_load")
+        for label, (status, _, body) in (
+            ("POST /recognize", recognized),
+            ("GET /selfcall/requests", self_call),
+        ):
+            say(f"{label} -> {status} {body.decode().strip()}")
+        if line is not None:
+            say("Logged once per worker: the self-call still deadlocks under load.")
+            show_members({"message": line["message"]})
+
+
+ERROR_CASES: list[tuple[str, str, str, dict[str, t.Any]]] = [
+    # (what the table says, method, path, request options)
+    ("POST /legacy/cars", "POST", "/legacy/cars", {"body": {}}),
+    ("GET /cars/7", "GET", "/cars/7", {}),
+    ("POST /cars {}", "POST", "/cars", {"body": {}}),
+    ("POST /cars text", "POST", "/cars", {"headers": {"Content-Type": "text/plain"}}),
+    ("GET /admin", "GET", "/admin", {}),
+    ("GET /nowhere", "GET", "/nowhere", {}),
+    ("DELETE /cars/1", "DELETE", "/cars/1", {}),
+    ("GET /crash", "GET", "/crash", {}),
+]
+
+
+def scenario_errors() -> None:
+    title("Pitfall 5: errors that do not fail the same way (gunicorn)")
+    say("examples/pitfall5_errors/app.py fails in every way a Flask app does:")
+    say("an error answered with 200, a KeyError (mapped to 404), abort(500), an")
+    say("unknown route, a wrong method, a crash, an invalid car, a non-JSON body.")
+    cwd = EXAMPLES / "pitfall5_errors"
+    rows = []
+    with gunicorn("app:app", "-w", "2", cwd=cwd) as server:
+        for label, method, path, options in ERROR_CASES:
+            rows.append((label, request(method, server.url + path, **options)))
+        report = request("GET", server.url + "/report")
+        failed_ids = [
+            json.loads(body)["request_id"]
+            for _, (status, _, body) in rows
+            if status >= 500
+        ]
+        logged = [
+            wait_for_line(
+                server,
+                lambda line, rid=rid: (
+                    line.get("event") == "request failed"
+                    and line.get("request_id") == rid
+                ),
+            )
+            for rid in failed_ids
+        ]
+    say(f"\n  {'request':<18} status  code                    Content-Type")
+    shapes = set()
+    for label, (status, headers, body) in rows:
+        content_type = headers.get("Content-Type", "")
+        data = json.loads(body)
+        code = data.get("code", "-")
+        say(f"  {label:<18} {status:<6}  {code:<23} {content_type}")
+        if content_type == "application/problem+json":
+            shapes.add(tuple(data))
+            assert data["request_id"] == headers["X-Request-ID"]
+            if "Allow" in headers:
+                say(f"  {'':<26}Allow: {headers['Allow']}")
+            if status == 422:
+                say(f"  {'':<26}detail: {data['detail']}")
+        else:
+            say(f"  {'':<26}{body.decode().strip()}  <- the pitfall")
+    say("\nEvery error is application/problem+json with the same members")
+    say("(request_id = the X-Request-ID header):")
+    for shape in sorted(shapes):
+        say(f"  {', '.join(shape)}")
+    say('POST /legacy/cars answers {"error": ...} with 200: flask_diag leaves 2xx')
+    say("alone; the fix is in the view (add_car raises DiagHTTPError(422)).")
+    found = sum(line is not None for line in logged)
+    say(
+        f"Each 5xx is one 'request failed' JSON line on the server's stderr, "
+        f"with\nits traceback and request_id: {found} of {len(logged)} found."
+    )
+    status, headers, body = report
+    cut = "X-Demo-Truncated" in headers
+    say(f"\nGET /report streams a CSV that fails after its rows: status {status},")
+    say(
+        f"{len(body)} bytes of {headers.get('Content-Type')}"
+        + (", connection closed mid-body" if cut else "")
+        + f",\nno JSON appended: {json.dumps(body.decode())}"
+    )
+
+    say("\nWith FLASK_DIAG_ERRORS=negotiate a browser (Accept: text/html) gets an")
+    say("HTML page with the same fields; HEAD gets the headers only:")
+    env = {"FLASK_DIAG_ERRORS": "negotiate"}
+    with gunicorn("app:app", cwd=cwd, env=env) as server:
+        page = request("GET", server.url + "/crash", headers={"Accept": "text/html"})
+        head = request("HEAD", server.url + "/cars/7")
+        plain = request("GET", server.url + "/cars/7")
+    for label, (status, headers, body) in (
+        ("GET /crash, Accept: text/html", page),
+        ("HEAD /cars/7", head),
+        ("GET /cars/7", plain),
+    ):
+        content_type = headers.get("Content-Type", "").partition(";")[0]
+        say(
+            f"  {label:<29} {status}  {content_type:<24} {len(body):>3} bytes"
+            f"  Vary: {headers.get('Vary', '-')}"
+        )
+    heading = re.search(r"<h1>(.*?)</h1>", page[2].decode())
+    fields = re.findall(r"<dt>(.*?)</dt>", page[2].decode())
+    say(f"  the page: <h1>{heading.group(1) if heading else '?'}</h1>, the detail,")
+    say(f"  and a <dl> of {', '.join(fields)}")
+
+
 SCENARIOS: dict[str, Callable[[], None]] = {
+    "secret-key": scenario_secret_key,
+    "self-call": scenario_self_call,
+    "errors": scenario_errors,
     "workers": scenario_workers,
 }
 

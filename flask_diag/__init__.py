@@ -13,9 +13,13 @@
 from __future__ import annotations
 
 from .context import RequestInfo as RequestInfo
+from .errors import ErrorEnvelope as ErrorEnvelope
 from .exceptions import DiagConfigError as DiagConfigError
 from .exceptions import DiagWarning as DiagWarning
 from .extension import Diag as Diag
+from .loopback import LoopbackDeadlockError as LoopbackDeadlockError
+from .pdb import set_trace as set_trace
+from .problem import DiagHTTPError as DiagHTTPError
 from .settings import Settings as Settings
 from .stack import wrap as wrap
 from .tagging import RequestTagging as RequestTagging

@@ -63,6 +63,17 @@ def _refresh_pid() -> None:
 os.register_at_fork(after_in_child=_refresh_pid)
 
 
+def is_file_wrapper(environ: WSGIEnvironment, app_iter: object) -> bool:
+    """Whether ``app_iter`` is the server's ``wsgi.file_wrapper`` object.
+
+    Such responses go out untouched so the server can send the file itself
+    (sendfile, uWSGI offload). uWSGI's ``wsgi.file_wrapper`` is a function,
+    not a class: only a class can be tested with ``isinstance``.
+    """
+    wrapper = environ.get("wsgi.file_wrapper")
+    return isinstance(wrapper, type) and isinstance(app_iter, wrapper)
+
+
 def current_pid() -> int:
     """This process's id, cached and refreshed after ``fork()``."""
     return _pid
@@ -162,6 +173,9 @@ def request_info(
     info: RequestInfo | None = environ.get(ENVIRON_KEY)
     if info is not None:
         return info
+    if os.getpid() != _pid:
+        # uWSGI forks its workers without Python's at-fork hooks.
+        _refresh_pid()
     incoming = environ.get(header_key)
     cleaned = clean_request_id(incoming) if trust_incoming else None
     if cleaned is not None:

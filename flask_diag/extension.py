@@ -27,6 +27,8 @@ import weakref
 from flask import current_app
 from flask import Flask
 
+from .errors import ExceptionMap
+from .errors import init_flask
 from .settings import Settings
 from .stack import build_stack
 
@@ -44,6 +46,7 @@ class Diag:
         # Validate keyword arguments at once, before any app is involved.
         Settings.load(options, environ={})
         self._options = dict(options)
+        self._exception_map = ExceptionMap()
         self._settings: weakref.WeakKeyDictionary[Flask, Settings] = (
             weakref.WeakKeyDictionary()
         )
@@ -70,6 +73,32 @@ class Diag:
         app.cli.add_command(diag_cli)
         if settings.enabled:
             app.wsgi_app = build_stack(app.wsgi_app, settings)  # type: ignore[method-assign,assignment]
+            if settings.errors != "off":
+                # Flask's own errors (abort, routing 404/405, view
+                # exceptions) as envelopes too, with the same exception map.
+                init_flask(app, settings, self._exception_map)
+
+    def map_exception(
+        self,
+        exc_class: type[BaseException],
+        status: int,
+        *,
+        code: str | None = None,
+        detail: str | t.Callable[[BaseException], str] | None = None,
+        hint: str | None = None,
+    ) -> None:
+        """Answer ``exc_class`` (and subclasses) with an error ``status``, in
+        every app of this extension, before or after ``init_app``:
+
+        .. code-block:: python
+
+            diag.map_exception(LookupError, 404, code="not_found")
+
+        ``detail`` is a text or a function of the exception (``str`` to send
+        its message); by default the status's generic text. See
+        :meth:`flask_diag.errors.ExceptionMap.add`.
+        """
+        self._exception_map.add(exc_class, status, code=code, detail=detail, hint=hint)
 
     def settings_for(self, app: Flask | None = None) -> Settings:
         """The effective settings of ``app`` (default: the current app)."""

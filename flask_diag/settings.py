@@ -75,6 +75,49 @@ def _choice(*choices: str) -> t.Callable[[object], str]:
     return parse
 
 
+def _parse_seconds_or_off(value: object) -> float | None:
+    if isinstance(value, bool):
+        return 30.0 if value else None
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _FALSE:
+            return None
+        value = float(text)  # ValueError for anything else
+    if isinstance(value, (int, float)) and 0 < value < float("inf"):
+        return float(value)
+    raise ValueError
+
+
+def _parse_port(value: object) -> int:
+    if isinstance(value, str):
+        value = int(value.strip())  # ValueError for anything else
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 65536:
+        return value
+    raise ValueError
+
+
+def _parse_seconds(value: object) -> float:
+    if isinstance(value, str):
+        value = float(value.strip())  # ValueError for anything else
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if 0 < value <= 86400:
+            return float(value)
+    raise ValueError
+
+
+def _parse_ip(value: object) -> str:
+    # An IP address or ``localhost``, never a name to resolve: whether the
+    # address is loopback must be certain.
+    import ipaddress
+
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower() == "localhost":
+            return "localhost"
+        return str(ipaddress.ip_address(text))  # ValueError for anything else
+    raise ValueError
+
+
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 
 
@@ -176,6 +219,70 @@ class Settings:
         _BOOL_ACCEPTED,
         "Put the exception type, message and traceback into error envelopes. "
         "Never on a server the public can reach.",
+    )
+    loopback: str = _setting(
+        "raise",
+        _choice("raise", "strict", "warn", "off"),
+        "raise, strict, warn, off",
+        "Loopback deadlock detection, on servers that serve one request at a "
+        "time: ``raise`` fails a request's direct call to its own server with "
+        "``LoopbackDeadlockError`` and warns when a URL of this server is handed "
+        "to another service; ``strict`` also fails those hand-overs and breaks "
+        "an outbound wait while a callback is stuck in the queue; ``warn`` only "
+        "logs; ``off`` removes the check.",
+    )
+    watchdog: float | None = _setting(
+        30.0,
+        _parse_seconds_or_off,
+        "a number of seconds (e.g. 30, 2.5), or off (or 0)",
+        "Log the stack of a request still running after this many seconds, "
+        "once, with a ``request_stuck`` signal and a Sentry message. ``off`` "
+        "removes the watchdog.",
+    )
+    pdb: bool = _setting(
+        False,
+        _parse_bool,
+        _BOOL_ACCEPTED,
+        "Remote pdb: ``on`` makes ``flask_diag.set_trace()`` (and "
+        "``breakpoint()`` with ``PYTHONBREAKPOINT=flask_diag.set_trace``) wait "
+        "for a debugger client. ``off``: a breakpoint logs a warning and the "
+        "code continues. Read from the environment at each breakpoint.",
+    )
+    pdb_host: str = _setting(
+        "127.0.0.1",
+        _parse_ip,
+        "an IP address, or localhost",
+        "The address the remote pdb listens on. Anything but loopback is "
+        "logged at critical level: whoever reaches it runs code in the worker.",
+    )
+    pdb_port: int = _setting(
+        4444,
+        _parse_port,
+        "a port number (0 for any free port)",
+        "The remote pdb's port; when it is taken, the next free one (the log "
+        "line names it).",
+    )
+    pdb_wait: float = _setting(
+        120.0,
+        _parse_seconds,
+        "a number of seconds (e.g. 120, 0.5), at most 86400",
+        "How long a breakpoint waits for a client before the code continues; "
+        "shortened to end before the server's worker timeout.",
+    )
+    pdb_quit: str = _setting(
+        "continue",
+        _choice("continue", "raise"),
+        "continue, raise",
+        "What ``quit`` does in a remote pdb session: ``continue`` detaches and "
+        "the request goes on; ``raise`` raises ``BdbQuit`` like plain pdb.",
+    )
+    pdb_busy: str = _setting(
+        "wait",
+        _choice("wait", "skip"),
+        "wait, skip",
+        "A breakpoint hit while another thread of the process has a remote pdb "
+        "session open: ``wait`` (up to ``pdb_wait`` seconds, then skip) or "
+        "``skip`` at once. Both are logged.",
     )
 
     @classmethod

@@ -32,6 +32,10 @@ __all__ = [
     "request_tagged",
     "request_finished",
     "error_enveloped",
+    "loopback_detected",
+    "request_stuck",
+    "pdb_session_started",
+    "pdb_session_ended",
     "send_safely",
 ]
 
@@ -51,6 +55,31 @@ request_finished = namespace.signal("request-finished")
 #: with ``environ``, ``problem`` (the problem body as a ``dict``),
 #: ``exception`` (or ``None``) and ``event_id`` (or ``None``).
 error_enveloped = namespace.signal("error-enveloped")
+
+#: Sent by :class:`~flask_diag.loopback.LoopbackGuard` when a request calls
+#: back into its own server, with ``environ``, ``kind`` (``"self_call"``,
+#: ``"handoff"``, ``"own_name"``, ``"under_load"`` or ``"callback"``),
+#: ``action`` (``"raised"``, ``"warned"`` or ``"broken"``), ``outbound`` (the
+#: outbound call), ``own_url`` (the address or URL of this server involved)
+#: and ``message``.
+loopback_detected = namespace.signal("loopback-detected")
+
+#: Sent by :class:`~flask_diag.watchdog.Watchdog` from its monitor thread
+#: when a request runs longer than the limit, once per request, with
+#: ``environ``, ``request_id``, ``pid``, ``thread``, ``duration`` (seconds),
+#: ``stack`` (the request thread's stack, formatted) and ``blocked_on`` (the
+#: peer of the socket it waits on, or ``None``).
+request_stuck = namespace.signal("request-stuck")
+
+#: Sent by :func:`flask_diag.set_trace` when a remote pdb client attaches,
+#: with ``request_id``, ``pid``, ``thread``, ``address`` (where it listened)
+#: and ``peer`` (the client's address). The sender is the session.
+pdb_session_started = namespace.signal("pdb-session-started")
+
+#: Sent when a remote pdb session ends, with ``request_id``, ``reason``
+#: (``"continue"``, ``"quit"`` or ``"disconnected"``) and ``duration``
+#: (seconds).
+pdb_session_ended = namespace.signal("pdb-session-ended")
 
 
 def send_safely(signal: Signal, sender: object, **kwargs: t.Any) -> None:

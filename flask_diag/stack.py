@@ -40,6 +40,21 @@ def build_stack(app: WSGIApplication, settings: Settings) -> WSGIApplication:
     # Innermost first: the tagging middleware stays outermost so that every
     # response, including the ones other middlewares build, carries its
     # headers, and every log line written by them has the request context.
+    if settings.watchdog is not None:
+        from .watchdog import Watchdog
+
+        app = Watchdog(app, settings=settings)
+    if settings.loopback != "off":
+        from .loopback import LoopbackGuard
+
+        # Inside the envelope, which answers its LoopbackDeadlockError.
+        app = LoopbackGuard(app, settings=settings)
+    if settings.errors != "off":
+        from .errors import ErrorEnvelope
+
+        # Directly inside tagging: the safety net for every middleware
+        # inside it and the app, and its envelopes get tagging's headers.
+        app = ErrorEnvelope(app, settings=settings)
     if settings.tagging:
         app = RequestTagging(app, settings=settings)
     return app

@@ -46,6 +46,7 @@ from contextvars import Token
 
 from . import sentry
 from .context import current_pid_str
+from .context import is_file_wrapper
 from .context import request_info
 from .context import RequestInfo
 from .internal import logger
@@ -151,13 +152,12 @@ class RequestTagging:
         except BaseException:
             response.end()
             raise
-        file_wrapper = environ.get("wsgi.file_wrapper")
-        if file_wrapper is not None and isinstance(app_iter, file_wrapper):
+        if is_file_wrapper(environ, app_iter):
             # Let the server send the file itself (sendfile, uWSGI offload):
             # end the request's context now, since wrapping would hide the
             # file from the server.
             response.end()
-            return app_iter  # type: ignore[no-any-return]
+            return app_iter
         response.app_iter = app_iter
         return response
 

@@ -15,7 +15,7 @@ venv=.venv-test
 
 # Debian packages the real-server tests use. Missing ones are installed when
 # we can (root); otherwise the tests that need them fail loudly, never skip.
-packages=(tmux)
+packages=(tmux netcat-openbsd)
 missing=()
 for package in "${packages[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

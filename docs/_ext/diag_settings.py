@@ -109,7 +109,6 @@ class DiagSettingsDirective(SphinxDirective):
 
     def _label_sections(self, result: list[nodes.Node], names: list[str]) -> None:
         """Give each setting's section the id and label ``setting-<name>``."""
-        std = self.env.get_domain("std")
         for node in result:
             if not isinstance(node, nodes.section):
                 continue
@@ -118,8 +117,9 @@ class DiagSettingsDirective(SphinxDirective):
                 continue
             label = f"setting-{name}"
             node["ids"].insert(0, label)
-            std.labels[label] = (self.env.docname, label, name)
-            std.anonlabels[label] = (self.env.docname, label)
+            # Only the setting- label: a bare section name ("loopback") would
+            # clash with the labels of other pages.
+            node["names"] = [label]
 
 
 def setup(app: Sphinx) -> dict[str, t.Any]:

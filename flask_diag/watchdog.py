@@ -1,0 +1,381 @@
+"""Stuck-request watchdog
+=======================
+
+A request that hangs says nothing: the client times out, gunicorn's sync
+worker is killed after ``--timeout`` (its gthread worker is not, a stuck
+thread stays stuck), uWSGI's harakiri kills the process, and nobody learns
+*where* it was stuck.
+
+:class:`Watchdog` logs the stack of every request still running after
+``FLASK_DIAG_WATCHDOG`` seconds (default 30), once per request::
+
+    from flask_diag.watchdog import Watchdog
+
+    app.wsgi_app = Watchdog(app.wsgi_app, watchdog=10)
+
+.. code-block:: json
+
+    {"event": "request stuck", "level": "warning", "request_id": "5f0c...",
+     "pid": 41203, "thread": "ThreadPoolExecutor-0_0", "method": "POST",
+     "path": "/recognize", "duration_s": 30.002, "limit_s": 30.0,
+     "blocked_in_socket": true, "blocked_on": "127.0.0.1:8000",
+     "own_address": true, "stack": "  File ... in recognize\\n ..."}
+
+``blocked_on`` is the peer of the socket the thread waits on, and
+``own_address`` says whether that is this very server (pitfall 2, a loopback
+deadlock). The same report goes to the
+:data:`~flask_diag.signals.request_stuck` signal and, when the application
+initialised sentry-sdk, to Sentry as a warning message with the request's
+tags.
+
+One monitor thread per process does the work, started by the first request
+of the process (so in each gunicorn or uWSGI worker, after the fork, never
+in the master) and restarted in a forked child. It wakes at most every
+second (a quarter of the limit when that is shorter); a request costs the
+watchdog one small object in a per-thread slot, and no thread of its own. The
+loopback guard's callback detector runs in the same thread.
+
+What is watched is the app's call, where a view does its work. The body is
+passed to the server untouched and not watched while it is sent: a streamed
+response (server-sent events, a long download) may run as long as it likes.
+
+The stack comes from ``sys._current_frames()``, so the monitor needs the GIL:
+a request stuck in C code that holds it cannot be reported (for that,
+``faulthandler.dump_traceback_later`` is the tool). Under uWSGI, Python
+threads run only with ``--enable-threads``.
+
+.. autoclass:: Watchdog
+.. autoclass:: Monitor
+    :members: add_check, wake, nudge
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import time
+import traceback
+import typing as t
+from threading import get_ident
+
+import sentry_sdk
+
+from . import context as _context
+from . import sentry
+from .context import ENVIRON_KEY as INFO_KEY
+from .context import request_info
+from .context import RequestInfo
+from .internal import logger
+from .internal import report_internal_error
+from .server import current as current_profile
+from .server import detect
+from .server import ENVIRON_KEY as SERVER_KEY
+from .server import ServerProfile
+from .settings import Settings
+from .signals import request_stuck
+from .signals import send_safely
+
+if t.TYPE_CHECKING:
+    from types import FrameType
+
+    from _typeshed.wsgi import StartResponse
+    from _typeshed.wsgi import WSGIApplication
+    from _typeshed.wsgi import WSGIEnvironment
+
+__all__ = ["Monitor", "Watchdog", "monitor", "request_info_of"]
+
+# The longest the monitor sleeps when nothing asks for sooner.
+_IDLE = 1.0
+_SOCKET_MODULES = frozenset({"socket", "ssl", "selectors", "select"})
+
+
+class Monitor:
+    """The one monitor thread of a process.
+
+    Runs registered checks, each a function of ``time.monotonic()`` that
+    returns how soon it wants to run again (``None``: no opinion). Started
+    lazily, and again after ``fork()``.
+    """
+
+    def __init__(self) -> None:
+        self._checks: list[t.Callable[[float], float | None]] = []
+        self._reset()
+
+    def _reset(self) -> None:
+        # New lock and event after fork: the parent's may have been held.
+        self._lock = threading.Lock()
+        self._event = threading.Event()
+        self._pid = -1
+
+    def add_check(self, check: t.Callable[[float], float | None]) -> None:
+        """Run ``check`` on every tick of the monitor."""
+        with self._lock:
+            if check not in self._checks:
+                self._checks.append(check)
+
+    def ensure_started(self) -> None:
+        """Start the thread in this process if it is not running."""
+        if self._pid == _context._pid:
+            return
+        with self._lock:
+            if self._pid == _context._pid:
+                return
+            thread = threading.Thread(
+                target=self._run, name="flask_diag-monitor", daemon=True
+            )
+            thread.start()
+            self._pid = _context._pid
+
+    def wake(self) -> None:
+        """Run the checks now (starting the thread if needed)."""
+        self.ensure_started()
+        self._event.set()
+
+    def nudge(self) -> None:
+        """Run the checks now if the thread runs in this process; never
+        starts it (a gunicorn master imports the app, too)."""
+        if self._pid == _context._pid:
+            self._event.set()
+
+    def _run(self) -> None:
+        event = self._event
+        while True:
+            now = time.monotonic()
+            delay = _IDLE
+            for check in tuple(self._checks):
+                try:
+                    wanted = check(now)
+                except Exception as exc:
+                    report_internal_error(f"monitor check {check!r}", exc)
+                    continue
+                if wanted is not None:
+                    delay = min(delay, wanted)
+            event.wait(max(delay, 0.01))
+            event.clear()
+
+
+#: The monitor of this process.
+monitor = Monitor()
+os.register_at_fork(after_in_child=monitor._reset)
+
+
+# A request under watch: ``(environ, time.monotonic() at its start, limit)``.
+# A tuple, not an object: it is made on every request.
+_Watched: t.TypeAlias = "tuple[WSGIEnvironment, float, float]"
+
+#: The request each thread of this process is running the app for, if any.
+_watched: dict[int, _Watched | None] = {}
+#: The request last reported, per thread: each is reported once.
+_reported: dict[int, _Watched] = {}
+_shortest_limit = _IDLE * 4
+
+
+def _after_fork() -> None:
+    _watched.clear()
+    _reported.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+def _check_stuck(now: float) -> float | None:
+    """One monitor tick: report each request past its limit, once."""
+    tick = min(_IDLE, _shortest_limit / 4)
+    next_due: float | None = None
+    for ident, watched in list(_watched.items()):
+        if watched is None or _reported.get(ident) is watched:
+            continue
+        due = watched[1] + watched[2]
+        if now >= due:
+            _reported[ident] = watched
+            try:
+                _report(ident, watched, now)
+            except Exception as exc:
+                report_internal_error("reporting a stuck request", exc)
+        elif next_due is None or due < next_due:
+            next_due = due
+    if next_due is not None:
+        return min(tick, next_due - now)
+    return tick
+
+
+monitor.add_check(_check_stuck)
+
+
+def request_info_of(environ: WSGIEnvironment, ident: int) -> RequestInfo:
+    """The request's :class:`~flask_diag.context.RequestInfo`, read from
+    another thread: without request tagging, one is made, named after the
+    request's thread rather than the caller's."""
+    info = environ.get(INFO_KEY)
+    if isinstance(info, RequestInfo):
+        return info
+    info = request_info(environ)
+    info.thread = f"thread-{ident}"
+    for thread in threading.enumerate():
+        if thread.ident == ident:
+            info.thread = thread.name
+    return info
+
+
+def _blocked_socket(
+    frame: FrameType | None, profile: ServerProfile | None
+) -> tuple[bool, str | None, bool]:
+    """``(waits in a socket call, its peer, the peer is this server)``."""
+    if frame is None:
+        return False, None, False
+    module = frame.f_globals.get("__name__", "")
+    in_socket = isinstance(module, str) and (
+        module in _SOCKET_MODULES or module.startswith("httpcore._backends")
+    )
+    if not in_socket:
+        return False, None, False
+    depth = 0
+    while frame is not None and depth < 12:
+        for value in list(frame.f_locals.values()):
+            sock = (
+                value
+                if isinstance(value, socket.socket)
+                else getattr(value, "_sock", None)
+            )
+            if not isinstance(sock, socket.socket):
+                continue
+            try:
+                peer = sock.getpeername()
+            except OSError:
+                continue
+            if isinstance(peer, tuple):
+                host, port = peer[0], peer[1]
+                text = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                own = (
+                    profile is not None and profile.own_address(host, port) is not None
+                )
+            else:
+                text = f"unix:{peer}"
+                own = profile is not None and profile.own_address(peer) is not None
+            return True, text, own
+        frame = frame.f_back
+        depth += 1
+    return True, None, False
+
+
+def _report(ident: int, watched: _Watched, now: float) -> None:
+    environ, started, limit = watched
+    frame = sys._current_frames().get(ident)
+    stack = "".join(traceback.format_stack(frame)) if frame is not None else ""
+    if _watched.get(ident) is not watched:
+        return  # it finished while the stack was read: not stuck after all
+    info = request_info_of(environ, ident)
+    duration = now - started
+    profile = environ.get(SERVER_KEY) or current_profile()
+    if profile is None and frame is not None:
+        try:
+            profile = detect(environ, frame=frame)
+        except Exception:
+            profile = None
+    in_socket, peer, own = _blocked_socket(frame, profile)
+    logger.warning(
+        "request stuck",
+        request_id=info.request_id,
+        pid=info.pid,
+        thread=info.thread,
+        method=info.method,
+        path=info.path,
+        duration_s=round(duration, 3),
+        limit_s=limit,
+        blocked_in_socket=in_socket,
+        blocked_on=peer,
+        own_address=own,
+        stack=stack or "(the thread's stack is not available)",
+    )
+    if request_stuck.receivers:
+        send_safely(
+            request_stuck,
+            None,
+            environ=environ,
+            request_id=info.request_id,
+            pid=info.pid,
+            thread=info.thread,
+            duration=duration,
+            stack=stack,
+            blocked_on=peer,
+        )
+    if sentry.is_active():
+        with sentry_sdk.isolation_scope() as scope:
+            scope.set_tags(
+                {
+                    "request_id": info.request_id,
+                    "worker.pid": info.pid,
+                    "worker.thread": info.thread,
+                }
+            )
+            scope.set_context(
+                "stuck request",
+                {
+                    "method": info.method,
+                    "path": info.path,
+                    "duration_s": round(duration, 3),
+                    "blocked_on": peer,
+                    "own_address": own,
+                    "stack": stack,
+                },
+            )
+            sentry_sdk.capture_message(
+                f"Request stuck for {duration:.1f}s: {info.method} {info.path}",
+                level="warning",
+            )
+
+
+class Watchdog:
+    """Log the stack of a request that runs longer than a limit.
+
+    :param app: the WSGI application to wrap.
+    :param settings: a :class:`~flask_diag.settings.Settings`; by default
+        loaded from the environment (``FLASK_DIAG_WATCHDOG``).
+    :param overrides: settings given in code, e.g. ``watchdog=10``.
+
+    .. code-block:: python
+
+        application = Watchdog(application, watchdog=2.5)
+    """
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        *,
+        settings: Settings | None = None,
+        **overrides: object,
+    ) -> None:
+        global _shortest_limit
+        if settings is None:
+            settings = Settings.load(overrides)
+        elif overrides:
+            settings = settings.replace(**overrides)
+        self.app = app
+        self.settings = settings
+        self.limit = settings.watchdog
+        if self.limit is not None and self.limit < _shortest_limit:
+            _shortest_limit = self.limit
+            monitor.nudge()  # it may be asleep for longer than this limit
+
+    def __call__(
+        self, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> t.Iterable[bytes]:
+        limit = self.limit
+        if limit is None:
+            return self.app(environ, start_response)
+        if monitor._pid != _context._pid:
+            monitor.ensure_started()
+        ident = get_ident()
+        if _watched.get(ident) is not None:
+            # Already watched: wrapped twice, or an app that calls an app
+            # in the same thread. The outer request covers this one.
+            return self.app(environ, start_response)
+        # One slot per thread, emptied when the app returns: nothing to do
+        # at close, so the body goes to the server untouched.
+        _watched[ident] = (environ, time.monotonic(), limit)
+        try:
+            return self.app(environ, start_response)
+        finally:
+            _watched[ident] = None

@@ -1,0 +1,127 @@
+"""A Flask app and a plain WSGI app that fail in every way, for the error
+envelope tests on real servers (``tests/test_errors_servers.py``)::
+
+    gunicorn --chdir tests/apps errors_apps:flask_app
+    gunicorn --chdir tests/apps errors_apps:plain_app
+
+With ``DIAG_TEST_SENTRY_DSN`` set, sentry-sdk is initialised with it (and
+its default integrations, Flask's among them) when the worker imports this
+module. JSON log lines go to stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import typing as t
+from collections.abc import Iterator
+
+import sentry_sdk
+from flask import abort
+from flask import Flask
+from flask import Response
+from werkzeug.exceptions import MethodNotAllowed
+from werkzeug.exceptions import NotFound
+
+import flask_diag.logging
+from flask_diag import Diag
+from flask_diag import wrap
+from flask_diag.errors import map_exception
+
+if t.TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse
+    from _typeshed.wsgi import WSGIEnvironment
+
+flask_diag.logging.configure()
+
+if os.environ.get("DIAG_TEST_SENTRY_DSN"):
+    sentry_sdk.init(
+        dsn=os.environ["DIAG_TEST_SENTRY_DSN"],
+        http_proxy="",
+        https_proxy="",
+        shutdown_timeout=2,
+    )
+
+
+class CarNotFound(LookupError):
+    pass
+
+
+flask_app = Flask(__name__)
+flask_app.config["MAX_CONTENT_LENGTH"] = 1024
+diag = Diag(flask_app)
+diag.map_exception(LookupError, 404, code="not_found")
+
+
+@flask_app.get("/")
+def index() -> str:
+    return "ready"
+
+
+@flask_app.get("/cars/<int:car_id>")
+def car(car_id: int) -> str:
+    abort(404, "no such car")
+
+
+@flask_app.get("/lookup")
+def lookup() -> str:
+    raise CarNotFound("car 7")
+
+
+@flask_app.get("/crash")
+def crash() -> str:
+    raise ZeroDivisionError("password=hunter2 in /srv/app/db.py")
+
+
+@flask_app.get("/none")
+def none() -> t.Any:
+    return None  # Flask's handle_exception path (got_request_exception)
+
+
+@flask_app.get("/maintenance")
+def maintenance() -> str:
+    abort(503, retry_after=60)
+
+
+@flask_app.post("/upload")
+def upload() -> str:
+    from flask import request
+
+    return str(len(request.get_data()))
+
+
+@flask_app.get("/stream")
+def stream() -> Response:
+    def rows() -> Iterator[str]:
+        yield "id,name\n"
+        yield "1,Beetle\n"
+        raise RuntimeError("the database went away mid-stream")
+
+    return Response(rows(), mimetype="text/csv")
+
+
+def _plain(environ: WSGIEnvironment, start_response: StartResponse) -> t.Any:
+    path = environ.get("PATH_INFO", "")
+    if path == "/":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ready"]
+    if path == "/crash":
+        raise ZeroDivisionError("password=hunter2 in /srv/app/db.py")
+    if path == "/method":
+        raise MethodNotAllowed(valid_methods=["GET"])
+    if path == "/lookup":
+        raise CarNotFound("car 7")
+    if path == "/stock-page":
+        return NotFound("no such car")(environ, start_response)
+    if path == "/stream":
+
+        def rows() -> Iterator[bytes]:
+            yield b"id,name\n"
+            raise RuntimeError("the database went away mid-stream")
+
+        start_response("200 OK", [("Content-Type", "text/csv")])
+        return rows()
+    raise NotFound()
+
+
+plain_app = wrap(_plain)
+map_exception(plain_app, LookupError, 404, code="not_found")

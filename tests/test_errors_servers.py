@@ -1,0 +1,281 @@
+"""The error envelope under real gunicorn (issue 3, pitfalls 1 and 5).
+
+Every test starts gunicorn on 127.0.0.1 (``servers.py``; stopped by its pid
+at teardown, whatever happens) and checks what a client sees: on every
+error path ``requests.get(...).json()`` works, with the right status, the
+problem members and the ``X-Request-ID`` header's id. Sentry events go to a
+real HTTP endpoint on 127.0.0.1 (``sentry_endpoint.py``).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import typing as t
+from pathlib import Path
+
+import pytest
+import requests
+from servers import EXAMPLES
+from servers import free_port
+from servers import require_module
+from servers import ServerProcess
+
+pytestmark = pytest.mark.server
+
+APPS = Path(__file__).resolve().parent / "apps"
+PROBLEM_JSON = "application/problem+json"
+MEMBERS = ("type", "title", "status", "detail", "instance", "code", "request_id")
+TIMEOUT = 10.0
+SECRET = "hunter2"
+
+
+def assert_envelope(
+    response: requests.Response, status: int, code: str
+) -> dict[str, t.Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"] == PROBLEM_JSON
+    problem = response.json()
+    assert set(MEMBERS) <= set(problem), problem
+    assert problem["status"] == status
+    assert problem["code"] == code
+    assert problem["request_id"] == response.headers["X-Request-ID"]
+    assert SECRET not in response.text
+    return t.cast(dict[str, t.Any], problem)
+
+
+def allowed(response: requests.Response) -> set[str]:
+    return {m.strip() for m in response.headers.get("Allow", "").split(",") if m}
+
+
+def log_lines(
+    server: ServerProcess, event: str, request_id: str
+) -> list[dict[str, t.Any]]:
+    return server.wait_for_json_lines(
+        lambda line: (
+            line.get("event") == event and line.get("request_id") == request_id
+        ),
+        count=1,
+    )
+
+
+# -- pitfall 5: the example app ---------------------------------------------------
+
+
+def test_pitfall5_example_every_error_is_json(gunicorn_server: t.Any) -> None:
+    server = gunicorn_server("app:app", "-w", "2", cwd=EXAMPLES / "pitfall5_errors")
+    url = server.url
+    cases: list[tuple[str, str, dict[str, t.Any], int, str]] = [
+        ("GET", "/cars/7", {}, 404, "not_found"),
+        ("GET", "/nowhere", {}, 404, "not_found"),
+        ("DELETE", "/cars/1", {}, 405, "method_not_allowed"),
+        ("GET", "/admin", {}, 500, "internal_error"),
+        ("GET", "/crash", {}, 500, "internal_error"),
+        ("POST", "/cars", {"json": {}}, 422, "invalid_car"),
+        ("POST", "/cars", {"data": "name=x"}, 415, "unsupported_media_type"),
+        (
+            "POST",
+            "/cars",
+            {"data": "{", "headers": {"Content-Type": "application/json"}},
+            400,
+            "bad_request",
+        ),
+    ]
+    for method, path, kwargs, status, code in cases:
+        response = requests.request(method, url + path, timeout=TIMEOUT, **kwargs)
+        problem = assert_envelope(response, status, code)
+        assert problem["instance"] == path
+    assert allowed(requests.delete(url + "/cars/1", timeout=TIMEOUT)) == {
+        "GET",
+        "HEAD",
+        "OPTIONS",
+    }
+    # The 200 "error" is the app's own answer: left as it is.
+    legacy = requests.post(url + "/legacy/cars", timeout=TIMEOUT)
+    assert legacy.status_code == 200 and legacy.json() == {"error": "name is required"}
+    # Logged once, as JSON, with the response's request id.
+    crash = requests.get(url + "/crash", timeout=TIMEOUT)
+    (line,) = log_lines(server, "request failed", crash.headers["X-Request-ID"])
+    assert line["status"] == 500 and line["code"] == "internal_error"
+    assert line["pid"] == int(crash.headers["X-Diag-PID"])
+    assert "ZeroDivisionError" in str(line["exception"])
+
+
+def test_pitfall5_head_gets_headers_and_no_body(gunicorn_server: t.Any) -> None:
+    server = gunicorn_server("app:app", cwd=EXAMPLES / "pitfall5_errors")
+    for path, status in (("/nowhere", 404), ("/crash", 500), ("/cars/7", 404)):
+        response = requests.head(server.url + path, timeout=TIMEOUT)
+        assert response.status_code == status
+        assert response.headers["Content-Type"] == PROBLEM_JSON
+        assert response.content == b""
+        assert "X-Request-ID" in response.headers
+    response = requests.head(server.url + "/cars", timeout=TIMEOUT)
+    assert response.status_code == 405 and "POST" in allowed(response)
+
+
+def test_pitfall5_stream_failure_closes_the_connection(gunicorn_server: t.Any) -> None:
+    server = gunicorn_server("app:app", cwd=EXAMPLES / "pitfall5_errors")
+    with requests.get(server.url + "/report", timeout=TIMEOUT, stream=True) as response:
+        assert response.status_code == 200
+        request_id = response.headers["X-Request-ID"]
+        received = b""
+        with pytest.raises(requests.exceptions.ChunkedEncodingError):
+            for chunk in response.iter_content(None):
+                received += chunk
+    assert received == b"id,name\n1,Beetle\n2,2CV\n"  # no half JSON appended
+    (line,) = log_lines(server, "response failed after it started", request_id)
+    assert line["status"] == 200
+    assert "the database went away" in str(line["exception"])
+    # The worker goes on serving.
+    assert requests.get(server.url + "/", timeout=TIMEOUT).json() == {"cars": 2}
+
+
+# -- plain WSGI and Django under gunicorn ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
+    [
+        ("GET", "/crash", 500, "internal_error"),
+        ("GET", "/method", 405, "method_not_allowed"),
+        ("GET", "/lookup", 404, "not_found"),
+        ("GET", "/stock-page", 404, "not_found"),
+        ("GET", "/nowhere", 404, "not_found"),
+    ],
+)
+def test_plain_wsgi_under_gunicorn(
+    gunicorn_server: t.Any, method: str, path: str, status: int, code: str
+) -> None:
+    server = gunicorn_server("errors_apps:plain_app", cwd=APPS)
+    response = requests.request(method, server.url + path, timeout=TIMEOUT)
+    problem = assert_envelope(response, status, code)
+    assert problem["instance"] == path
+    if status == 405:
+        assert allowed(response) == {"GET"}
+    if path == "/stock-page":
+        assert problem["detail"] == "no such car"
+
+
+def test_django_under_gunicorn(gunicorn_server: t.Any) -> None:
+    require_module("django")
+    server = gunicorn_server(
+        "django_errors.wsgi:application",
+        cwd=APPS,
+        env={"DJANGO_PROPAGATE": "on"},
+    )
+    url = server.url
+    assert_envelope(requests.get(url + "/nowhere", timeout=TIMEOUT), 404, "not_found")
+    response = requests.post(url + "/get-only", timeout=TIMEOUT)
+    assert_envelope(response, 405, "method_not_allowed")
+    assert allowed(response) == {"GET"}
+    assert_envelope(
+        requests.get(url + "/crash", timeout=TIMEOUT), 500, "internal_error"
+    )
+    # DEBUG_PROPAGATE_EXCEPTIONS: the exception reaches the envelope's map.
+    response = requests.get(url + "/missing-object", timeout=TIMEOUT)
+    assert_envelope(response, 404, "not_found")
+    own = requests.get(url + "/own-json", timeout=TIMEOUT)
+    assert own.status_code == 422 and own.json()["error"] == "invalid car"
+    head = requests.head(url + "/nowhere", timeout=TIMEOUT)
+    assert head.status_code == 404 and head.content == b""
+    assert head.headers["Content-Type"] == PROBLEM_JSON
+
+
+# -- pitfall 1: the secret key under __main__ ----------------------------------------
+
+
+def _line_of(path: Path, needle: str) -> int:
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if needle in line:
+            return number
+    raise AssertionError(f"{needle!r} not in {path}")
+
+
+def test_pitfall1_hint_under_gunicorn(gunicorn_server: t.Any) -> None:
+    directory = EXAMPLES / "pitfall1_secret_key"
+    server = gunicorn_server("app:app", "-w", "2", cwd=directory)
+    # Reading the session works without a key; writing it is the 500.
+    assert requests.get(server.url + "/", timeout=TIMEOUT).json() == {"user": None}
+    response = requests.get(server.url + "/login", timeout=TIMEOUT)
+    problem = assert_envelope(response, 500, "internal_error")
+    line = _line_of(directory / "app.py", "app.secret_key =")
+    assert f"(app.py, line {line})" in problem["hint"]
+    assert "__main__" in problem["hint"]
+    assert "debug" not in problem  # app.debug is set under __main__ too
+    (logged,) = log_lines(server, "request failed", problem["request_id"])
+    assert "secret key" in str(logged["exception"])
+
+
+def test_pitfall1_fixed_app_under_gunicorn(gunicorn_server: t.Any) -> None:
+    server = gunicorn_server(
+        "app_fixed:app",
+        cwd=EXAMPLES / "pitfall1_secret_key",
+        env={"SECRET_KEY": "test-only-secret"},
+    )
+    with requests.Session() as client:
+        response = client.get(server.url + "/login", timeout=TIMEOUT)
+        assert response.status_code == 200
+        assert response.json() == {"logged_in": "alice"}
+        assert client.get(server.url + "/", timeout=TIMEOUT).json() == {"user": "alice"}
+
+
+# -- Sentry ----------------------------------------------------------------------------
+
+
+def test_sentry_event_id_in_the_body_under_gunicorn(
+    gunicorn_server: t.Any, sentry_endpoint: t.Any
+) -> None:
+    server = gunicorn_server(
+        "errors_apps:flask_app",
+        cwd=APPS,
+        env={"DIAG_TEST_SENTRY_DSN": sentry_endpoint.dsn()},
+    )
+    for path in ("/crash", "/none"):
+        response = requests.get(server.url + path, timeout=TIMEOUT)
+        problem = assert_envelope(response, 500, "internal_error")
+        assert re.fullmatch(r"[0-9a-f]{32}", problem["event_id"]), problem
+        (event,) = sentry_endpoint.wait_for_events(
+            1, where=lambda e, p=problem: e.event_id == p["event_id"]
+        )
+        assert event.tags["request_id"] == response.headers["X-Request-ID"]
+        assert str(event.tags["worker.pid"]) == response.headers["X-Diag-PID"]
+        assert event.tags["worker.thread"] == response.headers["X-Diag-Thread"]
+    # A 4xx is no Sentry event; each 5xx was sent once.
+    assert_envelope(
+        requests.get(server.url + "/cars/1", timeout=TIMEOUT), 404, "not_found"
+    )
+    time.sleep(0.5)
+    types = [e.exception_types[-1] for e in sentry_endpoint.events]
+    assert sorted(types) == ["TypeError", "ZeroDivisionError"], types
+
+
+def test_sentry_unreachable_changes_nothing_under_gunicorn(
+    gunicorn_server: t.Any,
+) -> None:
+    closed = free_port()  # nothing listens there
+    server = gunicorn_server(
+        "errors_apps:flask_app",
+        cwd=APPS,
+        env={"DIAG_TEST_SENTRY_DSN": f"http://public@127.0.0.1:{closed}/1"},
+    )
+    baseline = gunicorn_server("errors_apps:flask_app", cwd=APPS)
+    for path, status, code in (
+        ("/crash", 500, "internal_error"),
+        ("/none", 500, "internal_error"),
+        ("/cars/1", 404, "not_found"),
+    ):
+        started = time.monotonic()
+        response = requests.get(server.url + path, timeout=TIMEOUT)
+        assert time.monotonic() - started < 5.0  # never waits for Sentry
+        problem = assert_envelope(response, status, code)
+        expected = assert_envelope(
+            requests.get(baseline.url + path, timeout=TIMEOUT), status, code
+        )
+        # Sent in the background: the SDK accepted the event (so its id is
+        # there) and drops it when the endpoint does not answer.
+        ignored = {"request_id", "event_id"}
+        assert {k: v for k, v in problem.items() if k not in ignored} == {
+            k: v for k, v in expected.items() if k not in ignored
+        }
+        assert "event_id" not in expected
+    assert requests.get(server.url + "/", timeout=TIMEOUT).text == "ready"
