@@ -11,5 +11,5 @@ venv=.venv-demo
 
 echo "==> virtualenv $venv"
 "$python" -m venv "$venv"
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[servers]"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[demo]"
 exec "$venv/bin/python" examples/demo.py "$@"
