@@ -43,6 +43,8 @@ echo "==> mypy"
 echo "==> docs"
 "$venv/bin/sphinx-build" -W --keep-going -q -b html docs docs/_build/html
 echo "==> benchmarks (smoke run; figures come from a full run)"
-"$venv/bin/python" benchmarks/bench_stack.py --quick >/dev/null
+for bench in benchmarks/bench_*.py; do
+    "$venv/bin/python" "$bench" --quick >/dev/null
+done
 echo "==> pytest"
 exec "$venv/bin/python" -m pytest "$@"
