@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import sys
 import threading
 import time
 import typing as t
@@ -158,23 +159,52 @@ class RequestInfo:
         )
 
 
+_Info = t.TypeVar("_Info", bound=RequestInfo)
+
+# uWSGI forks its workers without Python's at-fork hooks: there (only) the
+# pid is compared on every request, a system call the others are spared.
+_CHECK_PID = "uwsgi" in sys.modules
+
+
+@t.overload
+def request_info(
+    environ: WSGIEnvironment,
+    *,
+    header_key: str = ...,
+    trust_incoming: bool = ...,
+) -> RequestInfo: ...
+
+
+@t.overload
+def request_info(
+    environ: WSGIEnvironment,
+    *,
+    header_key: str = ...,
+    trust_incoming: bool = ...,
+    factory: type[_Info],
+) -> RequestInfo | _Info: ...
+
+
 def request_info(
     environ: WSGIEnvironment,
     *,
     header_key: str = "HTTP_X_REQUEST_ID",
     trust_incoming: bool = True,
+    factory: type[RequestInfo] = RequestInfo,
 ) -> RequestInfo:
     """Get the request's :class:`RequestInfo`, creating it on first call.
 
     A new one reuses a safe incoming request id, otherwise generates one, and
     writes the id back into ``environ[header_key]`` so the app reads the same
-    value as the logs, never the raw one a client sent.
+    value as the logs, never the raw one a client sent. ``factory`` (a
+    subclass of :class:`RequestInfo` with the same constructor) is what a new
+    one is made of: the tagging middleware's response object is the request's
+    info too, one object instead of two on every request.
     """
     info: RequestInfo | None = environ.get(ENVIRON_KEY)
     if info is not None:
         return info
-    if os.getpid() != _pid:
-        # uWSGI forks its workers without Python's at-fork hooks.
+    if _CHECK_PID and os.getpid() != _pid:
         _refresh_pid()
     incoming = environ.get(header_key)
     cleaned = clean_request_id(incoming) if trust_incoming else None
@@ -185,7 +215,7 @@ def request_info(
         if incoming is not None:
             environ[header_key] = request_id
     traceparent = environ.get("HTTP_TRACEPARENT")
-    info = RequestInfo(
+    info = factory(
         request_id,
         parse_traceparent(traceparent) if traceparent else None,
         _pid,

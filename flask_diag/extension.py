@@ -77,6 +77,14 @@ class Diag:
                 # Flask's own errors (abort, routing 404/405, view
                 # exceptions) as envelopes too, with the same exception map.
                 init_flask(app, settings, self._exception_map)
+            if settings.debugger:
+                from .debugger import init_flask as init_debugger
+
+                init_debugger(app, settings)
+            if settings.teardown != "off":
+                from .teardown import init_flask as init_teardown
+
+                init_teardown(app, settings, self)
 
     def map_exception(
         self,
@@ -99,6 +107,26 @@ class Diag:
         :meth:`flask_diag.errors.ExceptionMap.add`.
         """
         self._exception_map.add(exc_class, status, code=code, detail=detail, hint=hint)
+
+    def watch_engine(self, engine: t.Any) -> None:
+        """Check a SQLAlchemy ``Engine`` at the end of every request: see
+        :doc:`/middlewares/teardown`.
+
+        .. code-block:: python
+
+            engine = create_engine(url, pool_pre_ping=True)
+            diag.watch_engine(engine)
+        """
+        from .teardown import watch_engine
+
+        watch_engine(engine, self)
+
+    def watch_session(self, session_factory: t.Any) -> None:
+        """Check a SQLAlchemy ``scoped_session`` or ``sessionmaker`` at the
+        end of every request: see :doc:`/middlewares/teardown`."""
+        from .teardown import watch_session
+
+        watch_session(session_factory, self)
 
     def settings_for(self, app: Flask | None = None) -> Settings:
         """The effective settings of ``app`` (default: the current app)."""

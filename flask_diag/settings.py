@@ -118,6 +118,72 @@ def _parse_ip(value: object) -> str:
     raise ValueError
 
 
+def _parse_networks(value: object) -> tuple[str, ...]:
+    # Comma- or space-separated CIDRs (or single addresses), normalised;
+    # ``none`` (or an empty text) for no network at all.
+    import ipaddress
+
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower() in ("", "none"):
+            return ()
+        items: list[object] = [p for p in re.split(r"[,\s]+", text) if p]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise ValueError
+    networks = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError
+        networks.append(str(ipaddress.ip_network(item.strip(), strict=False)))
+    return tuple(networks)
+
+
+_HOST = re.compile(r"^(\*\.)?[A-Za-z0-9.-]{1,253}$|^\[?[0-9A-Fa-f:.]+\]?$")
+
+
+def _parse_hosts(value: object) -> tuple[str, ...]:
+    # Host names (``*.example.com`` for a domain and its subdomains) or
+    # addresses, without ports; empty for the defaults.
+    if isinstance(value, str):
+        items: list[object] = [p for p in re.split(r"[,\s]+", value.strip()) if p]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise ValueError
+    hosts = []
+    for item in items:
+        if not isinstance(item, str) or not _HOST.match(item.strip()):
+            raise ValueError
+        hosts.append(item.strip().lower())
+    return tuple(hosts)
+
+
+_PIN_MIN = 8
+
+
+def _parse_pin(value: object) -> str | None:
+    # An operator-chosen PIN. Never "off": werkzeug's PIN-less mode is
+    # exactly what must not be possible. Short PINs are refused too.
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if len(text) >= _PIN_MIN and text.lower() not in _FALSE | _TRUE:
+            if re.fullmatch(r"[A-Za-z0-9-]+", text):
+                return text
+    raise ValueError
+
+
+def _parse_positive_int(value: object) -> int:
+    if isinstance(value, str):
+        value = int(value.strip())  # ValueError for anything else
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    raise ValueError
+
+
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 
 
@@ -283,6 +349,91 @@ class Settings:
         "A breakpoint hit while another thread of the process has a remote pdb "
         "session open: ``wait`` (up to ``pdb_wait`` seconds, then skip) or "
         "``skip`` at once. Both are logged.",
+    )
+
+    debugger: bool = _setting(
+        False,
+        _parse_bool,
+        _BOOL_ACCEPTED,
+        "The PIN-gated werkzeug debugger (live tracebacks and a Python "
+        "console in the browser): remote code execution by design. ``on`` "
+        "for one deployment at a time, one worker process, allowed clients "
+        "only; it switches itself off after ``debugger_ttl`` seconds.",
+    )
+    debugger_pin: str | None = _setting(
+        None,
+        _parse_pin,
+        f"a PIN of at least {_PIN_MIN} letters, digits or '-' (unset: a fresh "
+        "random PIN for each activation)",
+        "The debugger's PIN. Unset, a new random one is made at each start "
+        "and written to a file only the server's user can read (its path is "
+        "logged, the PIN never is). There is no way to switch the PIN off.",
+    )
+    debugger_ttl: float = _setting(
+        3600.0,
+        _parse_seconds,
+        "a number of seconds (e.g. 3600), at most 86400",
+        "The debugger switches itself off this many seconds after start-up.",
+    )
+    debugger_allow: tuple[str, ...] = _setting(
+        ("127.0.0.0/8", "::1/128"),
+        _parse_networks,
+        "networks in CIDR notation, comma-separated (e.g. 10.0.0.0/8, ::1)",
+        "Clients (``REMOTE_ADDR``) that may reach the debugger. Loopback "
+        "only by default; everybody else sees the ordinary error envelope.",
+    )
+    debugger_trusted_proxies: tuple[str, ...] = _setting(
+        (),
+        _parse_networks,
+        "networks in CIDR notation, comma-separated, or none",
+        "Reverse proxies whose ``X-Forwarded-For`` is believed, for the "
+        "debugger's client check only: the address after the last trusted "
+        "hop counts. None by default: ``X-Forwarded-For`` is ignored.",
+    )
+    debugger_hosts: tuple[str, ...] = _setting(
+        (),
+        _parse_hosts,
+        "host names or addresses, comma-separated ('*.example.com' for a "
+        "domain); empty for the defaults",
+        "``Host`` headers the debugger answers (against DNS rebinding), "
+        "besides the defaults: localhost names and the server's own address.",
+    )
+    debugger_console: bool = _setting(
+        False,
+        _parse_bool,
+        _BOOL_ACCEPTED,
+        "Also serve werkzeug's stand-alone console at ``/console`` (still "
+        "behind the PIN and every other guard).",
+    )
+    debugger_frames: int = _setting(
+        20,
+        _parse_positive_int,
+        "a whole number of tracebacks (e.g. 20)",
+        "How many tracebacks the debugger keeps in memory; the oldest are "
+        "dropped (werkzeug alone never frees them).",
+    )
+    debugger_in_production: bool = _setting(
+        False,
+        _parse_bool,
+        _BOOL_ACCEPTED,
+        "The second, explicit override needed to switch the debugger on "
+        "where ``env`` is ``production``.",
+    )
+    env: str = _setting(
+        "unknown",
+        _choice("development", "staging", "production", "unknown"),
+        "development, staging, production, unknown",
+        "What this deployment is. ``production`` refuses the debugger unless "
+        "``debugger_in_production`` is also on.",
+    )
+    teardown: str = _setting(
+        "warn",
+        _choice("warn", "raise", "off"),
+        "warn, raise, off",
+        "Session-teardown checks: database connections, transactions and "
+        "sessions that outlive their request. ``warn`` logs each finding; "
+        "``raise`` also answers the request with a ``teardown_leak`` 500 (for "
+        "tests and CI); ``off`` removes the check.",
     )
 
     @classmethod

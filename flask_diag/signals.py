@@ -36,6 +36,13 @@ __all__ = [
     "request_stuck",
     "pdb_session_started",
     "pdb_session_ended",
+    "debugger_enabled",
+    "debugger_disabled",
+    "debugger_pin_accepted",
+    "debugger_pin_refused",
+    "debugger_client_refused",
+    "debugger_command",
+    "teardown_leak",
     "send_safely",
 ]
 
@@ -80,6 +87,38 @@ pdb_session_started = namespace.signal("pdb-session-started")
 #: (``"continue"``, ``"quit"`` or ``"disconnected"``) and ``duration``
 #: (seconds).
 pdb_session_ended = namespace.signal("pdb-session-ended")
+
+
+#: Sent by :class:`~flask_diag.debugger.DebuggerGate` when the debugger is
+#: switched on, with ``pin_file`` (the path of the PIN file, never the PIN),
+#: ``expires_at`` (a Unix time) and ``allow`` (the allowed networks).
+debugger_enabled = namespace.signal("debugger-enabled")
+
+#: Sent when the debugger switches itself off, with ``reason`` (e.g.
+#: ``"expired"``).
+debugger_disabled = namespace.signal("debugger-disabled")
+
+#: Sent when a debugger client enters the right PIN, with ``environ`` and
+#: ``client`` (its address).
+debugger_pin_accepted = namespace.signal("debugger-pin-accepted")
+
+#: Sent when a PIN is refused (wrong, or locked out), with ``environ``,
+#: ``client``, ``failures`` and ``locked`` (a ``bool``).
+debugger_pin_refused = namespace.signal("debugger-pin-refused")
+
+#: Sent when a debugger request is refused before the PIN (client not
+#: allowed, foreign ``Host``, several processes, expired), with ``environ``,
+#: ``client`` and ``reason``.
+debugger_client_refused = namespace.signal("debugger-client-refused")
+
+#: Sent when a console command is evaluated, with ``environ``, ``client``,
+#: ``request_id`` and ``command`` (its text).
+debugger_command = namespace.signal("debugger-command")
+
+#: Sent by :class:`~flask_diag.teardown.TeardownCheck` for each resource that
+#: outlived its request, with ``environ`` and ``finding`` (a structured
+#: finding object, see :doc:`/middlewares/teardown`).
+teardown_leak = namespace.signal("teardown-leak")
 
 
 def send_safely(signal: Signal, sender: object, **kwargs: t.Any) -> None:

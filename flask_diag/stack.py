@@ -40,6 +40,13 @@ def build_stack(app: WSGIApplication, settings: Settings) -> WSGIApplication:
     # Innermost first: the tagging middleware stays outermost so that every
     # response, including the ones other middlewares build, carries its
     # headers, and every log line written by them has the request context.
+    if settings.teardown != "off":
+        from .teardown import TeardownCheck
+
+        # Innermost: the end of the request is when the app's own response
+        # iterable is closed, and a leak found in ``raise`` mode is answered
+        # by the envelope further out.
+        app = TeardownCheck(app, settings=settings)
     if settings.watchdog is not None:
         from .watchdog import Watchdog
 
@@ -49,6 +56,12 @@ def build_stack(app: WSGIApplication, settings: Settings) -> WSGIApplication:
 
         # Inside the envelope, which answers its LoopbackDeadlockError.
         app = LoopbackGuard(app, settings=settings)
+    if settings.debugger:
+        from .debugger import DebuggerGate
+
+        # Inside the envelope: clients the gate refuses, and every request
+        # after the debugger's expiry, get the ordinary error envelope.
+        app = DebuggerGate(app, settings=settings)
     if settings.errors != "off":
         from .errors import ErrorEnvelope
 

@@ -114,26 +114,37 @@ class RequestTagging:
             # tags; a second set of headers would duplicate them.
             return self.app(environ, start_response)
         environ[_TAGGED] = True
+        # Every line here runs on every request: the response object is the
+        # request's RequestInfo too, and nothing optional costs more than
+        # one test when it is off.
         info = request_info(
-            environ, header_key=self._header_key, trust_incoming=self._trust
+            environ,
+            header_key=self._header_key,
+            trust_incoming=self._trust,
+            factory=_TaggedResponse,
         )
-        response = _TaggedResponse(self, environ, info, start_response)
+        if type(info) is _TaggedResponse:
+            response = info
+        else:  # another middleware saw the request first (a custom stack)
+            response = _TaggedResponse.copy_of(info)
+        response.owner = self
+        response.server_start_response = start_response
         # Setting context variables cannot fail; the Sentry step and each
         # signal receiver are guarded on their own, so one failing step never
         # keeps the others (``request_finished`` always has its
         # ``request_tagged``).
         response.tokens = (
-            _REQUEST_ID.set(info.request_id),
-            _PID.set(info.pid),
-            _THREAD.set(info.thread),
-            _METHOD.set(info.method),
-            _PATH.set(info.path),
+            _REQUEST_ID.set(response.request_id),
+            _PID.set(response.pid),
+            _THREAD.set(response.thread),
+            _METHOD.set(response.method),
+            _PATH.set(response.path),
         )
-        if info.trace_id is not None:
-            response.trace_token = _TRACE_ID.set(info.trace_id)
+        if response.trace_id is not None:
+            response.trace_token = _TRACE_ID.set(response.trace_id)
         if sentry.is_active():
             try:
-                response.sentry_scope = sentry.enter_request_scope(info)
+                response.sentry_scope = sentry.enter_request_scope(response)
             except Exception as exc:
                 report_internal_error("tagging the Sentry scope", exc)
         if request_tagged.receivers:
@@ -141,11 +152,16 @@ class RequestTagging:
                 request_tagged,
                 self,
                 environ=environ,
-                request_id=info.request_id,
-                trace_id=info.trace_id,
-                pid=info.pid,
-                thread=info.thread,
+                request_id=response.request_id,
+                trace_id=response.trace_id,
+                pid=response.pid,
+                thread=response.thread,
             )
+        if request_finished.receivers:
+            # Only then: the response object is in ``environ``, and holding
+            # ``environ`` back would make a reference cycle for the garbage
+            # collector on every request.
+            response.environ = environ
 
         try:
             app_iter = self.app(environ, response.start_response)
@@ -163,7 +179,7 @@ class RequestTagging:
 
     def _finished(self, response: _TaggedResponse) -> None:
         """End-of-request reporting; runs in the request's context."""
-        info = response.info
+        info = response
         status = None
         if response.status is not None:
             try:
@@ -179,23 +195,28 @@ class RequestTagging:
             send_safely(
                 request_finished,
                 self,
-                environ=response.environ,
+                environ=response.environ if response.environ is not None else {},
                 request_id=info.request_id,
                 status=status,
                 duration=duration,
             )
 
 
-class _TaggedResponse:
+class _TaggedResponse(RequestInfo):
     """The app's response iterable; ``close()`` ends the request's context.
 
-    Iteration goes straight to the app's own iterator (no per-chunk cost):
-    the request's context variables stay set until the server calls
-    ``close()``, so lines logged while a body streams keep their request id.
+    It is also the request's :class:`~flask_diag.context.RequestInfo` in
+    ``environ`` (one object per request instead of two). Iteration goes
+    straight to the app's own iterator (no per-chunk cost): the request's
+    context variables stay set until the server calls ``close()``, so lines
+    logged while a body streams keep their request id.
     """
 
     # Plain attributes with class-level defaults: the rarely used ones cost
     # nothing on the common request.
+    owner: RequestTagging
+    server_start_response: StartResponse
+    environ: WSGIEnvironment | None = None
     status: str | None = None
     app_iter: t.Iterable[bytes] = ()
     tokens: tuple[Token[t.Any], ...] = ()
@@ -203,17 +224,17 @@ class _TaggedResponse:
     sentry_scope: AbstractContextManager[t.Any] | None = None
     ended = False
 
-    def __init__(
-        self,
-        owner: RequestTagging,
-        environ: WSGIEnvironment,
-        info: RequestInfo,
-        start_response: StartResponse,
-    ) -> None:
-        self.owner = owner
-        self.environ = environ
-        self.info = info
-        self.server_start_response = start_response
+    @classmethod
+    def copy_of(cls, info: RequestInfo) -> _TaggedResponse:
+        return cls(
+            info.request_id,
+            info.trace_id,
+            info.pid,
+            info.thread,
+            info.method,
+            info.path,
+            info.started,
+        )
 
     def start_response(
         self,
@@ -222,7 +243,6 @@ class _TaggedResponse:
         exc_info: OptExcInfo | None = None,
     ) -> t.Callable[[bytes], object]:
         owner = self.owner
-        info = self.info
         self.status = status
         lower = owner._lower_name
         for name, _ in headers:
@@ -230,12 +250,12 @@ class _TaggedResponse:
                 # The app set its own id header: ours must be the only one.
                 headers = [h for h in headers if h[0].lower() != lower]
                 break
-        headers = [*headers, (owner._header_name, info.request_id)]
+        headers = [*headers, (owner._header_name, self.request_id)]
         if owner._worker_headers:
             headers.append(("X-Diag-PID", current_pid_str()))
-            headers.append(("X-Diag-Thread", info.thread))
+            headers.append(("X-Diag-Thread", self.thread))
         if owner._server_timing:
-            elapsed = (time.perf_counter() - info.started) * 1000.0
+            elapsed = (time.perf_counter() - self.started) * 1000.0
             headers.append(("Server-Timing", f"app;dur={elapsed:.2f}"))
         return self.server_start_response(status, headers, exc_info)
 
@@ -269,8 +289,13 @@ class _TaggedResponse:
         try:
             if self.trace_token is not None:
                 _TRACE_ID.reset(self.trace_token)
-            for var, token in zip(_VARS, self.tokens, strict=False):
-                var.reset(token)
+            if self.tokens:
+                request_id, pid, thread, method, path = self.tokens
+                _REQUEST_ID.reset(request_id)
+                _PID.reset(pid)
+                _THREAD.reset(thread)
+                _METHOD.reset(method)
+                _PATH.reset(path)
         except ValueError:
             # close() came from another thread or context than the request:
             # the request's own context is gone with it; nothing to restore.

@@ -15,7 +15,10 @@ venv=.venv-test
 
 # Debian packages the real-server tests use. Missing ones are installed when
 # we can (root); otherwise the tests that need them fail loudly, never skip.
-packages=(tmux netcat-openbsd)
+# chromium: the debugger's browser test (Playwright drives /usr/bin/chromium).
+# postgresql: the teardown checks' real database server (started on 127.0.0.1
+# by the tests themselves, in a temporary data directory).
+packages=(tmux netcat-openbsd chromium postgresql)
 missing=()
 for package in "${packages[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
@@ -33,7 +36,8 @@ fi
 echo "==> virtualenv $venv"
 "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[dev]"
-"$venv/bin/python" -c "import flask_diag, gunicorn, waitress, django, sphinx"
+"$venv/bin/python" -c "import flask_diag, gunicorn, waitress, django, sphinx, playwright, sqlalchemy, psycopg"
+test -x /usr/bin/chromium || { echo "error: /usr/bin/chromium is missing (Debian package chromium)" >&2; exit 1; }
 
 echo "==> ruff"
 "$venv/bin/ruff" check .
