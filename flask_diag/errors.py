@@ -863,7 +863,10 @@ def capture(
     """Send ``exc`` to Sentry once; return the event id the SDK accepted.
 
     ``None`` when Sentry is not initialised or the event was dropped
-    (``before_send``, sampling). When Flask already sent
+    (``before_send``, sampling), and when the transport is going to drop it:
+    its queue is full, or the Sentry server told it to back off (HTTP 429,
+    ``X-Sentry-Rate-Limits``). Delivery itself is asynchronous: an accepted
+    id means the SDK queued the event for sending. When Flask already sent
     ``got_request_exception`` for ``exc`` and sentry-sdk's Flask
     integration is on, the integration has captured it: not sent twice,
     and the id is the one it reported.
@@ -874,7 +877,7 @@ def capture(
         client = sentry_sdk.get_client()
         if flask_reported and client.get_integration("flask") is not None:
             last: str | None = sentry_sdk.last_event_id()
-            return last
+            return last if _transport_healthy(client) else None
         event, hint = event_from_exception(
             exc,
             client_options=client.options,
@@ -882,10 +885,23 @@ def capture(
         )
         tags = event.setdefault("tags", {})
         tags.setdefault("request_id", request_id)
-        return sentry_sdk.capture_event(event, hint=hint)
+        # Asked before capturing: a dropped event must not be quoted to the
+        # user as if it could be found in Sentry.
+        healthy = _transport_healthy(client)
+        event_id = sentry_sdk.capture_event(event, hint=hint)
+        return event_id if healthy else None
     except Exception as internal:
         report_internal_error("sending an error to Sentry", internal)
         return None
+
+
+def _transport_healthy(client: t.Any) -> bool:
+    """Whether the client's transport will take an event now."""
+    transport = getattr(client, "transport", None)
+    is_healthy = getattr(transport, "is_healthy", None)
+    if is_healthy is None:
+        return True
+    return bool(is_healthy())
 
 
 def _find_flask_app(app: object) -> object | None:

@@ -232,6 +232,10 @@ class SentryEndpoint:
         self._changed = threading.Condition()
         self._server: http.server.ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        #: When set, envelopes are answered ``429`` with this many seconds in
+        #: ``Retry-After`` and ``X-Sentry-Rate-Limits``, as Sentry does when
+        #: a project is over its quota (the envelope is still recorded).
+        self.rate_limit: int | None = None
 
     # -- life cycle --------------------------------------------------------
 
@@ -389,6 +393,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 raw=raw,
             )
         )
+        limit = self.endpoint.rate_limit
+        if limit is not None:
+            self._answer(
+                429,
+                {"detail": "rate limited"},
+                extra=(
+                    ("Retry-After", str(limit)),
+                    ("X-Sentry-Rate-Limits", f"{limit}::organization"),
+                ),
+            )
+            return
         self._answer(200, {"id": headers.get("event_id")})
 
     def do_GET(self) -> None:  # noqa: N802
@@ -409,9 +424,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length)
 
-    def _answer(self, status: int, body: dict[str, t.Any], close: bool = False) -> None:
+    def _answer(
+        self,
+        status: int,
+        body: dict[str, t.Any],
+        close: bool = False,
+        extra: t.Iterable[tuple[str, str]] = (),
+    ) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
+        for name, value in extra:
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         if close:

@@ -1477,6 +1477,31 @@ def test_sentry_dropped_event_gives_no_event_id(
     assert sentry_endpoint.events == []
 
 
+def test_sentry_rate_limited_event_gives_no_event_id(
+    sentry_endpoint: t.Any, sentry_init: t.Any, fclient: t.Any
+) -> None:
+    """Once the Sentry server answered 429 (over quota), the SDK drops
+    events until the limit expires: the body must not quote an id that can
+    never be found in Sentry."""
+    import sentry_sdk
+
+    sentry_endpoint.rate_limit = 60
+    sentry_init()
+    with capture_logs():
+        first = assert_envelope(fclient.get("/crash"), 500, "internal_error")
+    # The first event was sent (and answered 429): its id was accepted.
+    assert re.fullmatch(r"[0-9a-f]{32}", first["event_id"]), first
+    sentry_endpoint.wait_for_events(1)
+    sentry_sdk.flush(timeout=5)
+    with capture_logs() as logs:
+        second = assert_envelope(fclient.get("/crash"), 500, "internal_error")
+    assert "event_id" not in second, second
+    (line,) = logged(logs, "request failed")
+    assert line["event_id"] is None
+    sentry_sdk.flush(timeout=5)
+    assert len(sentry_endpoint.events) == 1
+
+
 def test_sentry_plain_wsgi_and_stream_failures(
     sentry_endpoint: t.Any, sentry_init: t.Any, wrapped: t.Any
 ) -> None:
