@@ -7,7 +7,7 @@ directly with an environment that has flask_diag and gunicorn installed::
     python examples/demo.py errors     # one of them (or several)
 
 Scenarios: ``secret-key`` (pitfall 1), ``self-call`` (pitfall 2),
-``errors`` (pitfall 5), ``workers`` (pitfall 7).
+``debugger`` (pitfall 3), ``errors`` (pitfall 5), ``workers`` (pitfall 7).
 
 Every server listens on 127.0.0.1 only, on a free port, and is stopped by
 its process id when its scenario ends, also on Ctrl-C or a failure.
@@ -472,9 +472,123 @@ def scenario_workers() -> None:
     say("examples/pitfall7_cars/app_fixed.py uses SQLite.")
 
 
+DEBUG_PAGE = "/orders/42/total"  # raises TypeError in order_total()
+
+
+def debugger_page(server: Server, host: str | None = None) -> tuple[int, str, str]:
+    """GET the failing page: ``(status, content type, body)``."""
+    headers = {"Host": host} if host else None
+    status, response_headers, body = request(
+        "GET", server.url + DEBUG_PAGE, headers=headers
+    )
+    return status, response_headers.get("Content-Type", ""), body.decode()
+
+
+def debugger_secret(html: str) -> tuple[str, str]:
+    """The page's debugger ``SECRET`` and its innermost frame id."""
+    secret = re.search(r'SECRET = "([^"]+)"', html)
+    frames = re.findall(r'<div class="frame" id="frame-(\d+)"', html)
+    if secret is None or not frames:
+        raise RuntimeError("no debugger page: " + html[:300])
+    return secret.group(1), frames[-1]
+
+
+def scenario_debugger() -> None:
+    title("Pitfall 3: werkzeug's debugger on a deployed server (gunicorn)")
+    cwd = EXAMPLES / "pitfall3_debugger"
+    one_worker = ("--worker-class", "sync", "--workers", "1", "--timeout", "3600")
+    say("examples/pitfall3_debugger/wsgi_exposed.py is the classic debug entry")
+    say("point: DebuggedApplication(app, evalex=True).")
+    with gunicorn("wsgi_exposed:application", *one_worker, cwd=cwd) as server:
+        status, _, html = debugger_page(server, host="rebound.example")
+        secret, _ = debugger_secret(html)
+        base = f"{server.url}{DEBUG_PAGE}?__debugger__=yes&s={secret}"
+        request("GET", base + "&cmd=printpin")
+        _, _, _, slept = timed("GET", base + "&cmd=pinauth&pin=1")
+        time.sleep(0.3)
+        leaked = re.search(r"Debugger pin code: [\d-]+", server.log.read_text())
+    say(f"  Host: rebound.example -> {status}, the traceback page with the source")
+    say("  of every frame and a console in each, for any client and any Host;")
+    say(f"  the PIN in the server's log: {leaked.group(0) if leaked else '(not seen)'}")
+    say(f"  one wrong PIN kept the only worker busy for {slept:.2f} s.")
+
+    say("\nThe safe way: one variable, every guard up (app_fixed.py uses Diag):")
+    env = {"FLASK_DIAG_DEBUGGER": "on", "FLASK_DIAG_ENV": "staging"}
+    with gunicorn("app_fixed:app", *one_worker, cwd=cwd, env=env) as server:
+        enabled = wait_for_line(
+            server, lambda line: line.get("event") == "debugger_enabled"
+        )
+        if enabled is None:
+            raise RuntimeError("no debugger_enabled line:\n" + server.log.read_text())
+        pin = Path(enabled["pin_file"]).read_text().strip()
+        mode = os.stat(enabled["pin_file"]).st_mode & 0o777
+        say(f"  log: debugger_enabled, pin_file={enabled['pin_file']} (mode {mode:o})")
+        foreign = debugger_page(server, host="rebound.example")
+        say(
+            f"  Host: rebound.example -> {foreign[0]} {foreign[1]}: the envelope, as if"
+            " there were no debugger"
+        )
+        status, ctype, html = debugger_page(server)
+        say(f"  from 127.0.0.1 -> {status} {ctype.partition(';')[0]}: the traceback")
+        secret, frame = debugger_secret(html)
+        base = f"{server.url}{DEBUG_PAGE}?__debugger__=yes&s={secret}"
+        answer = request("GET", base + f"&cmd=pinauth&pin={pin}")
+        cookie = answer[1].get("Set-Cookie", "").split(";", 1)[0]
+        say(f"  the right PIN -> {json.loads(answer[2])}")
+        status, _, body = request(
+            "GET",
+            base + f"&cmd=[price,quantity]&frm={frame}",
+            headers={"Cookie": cookie},
+        )
+        result = re.sub(r"<[^>]+>", "", body.decode()).strip().splitlines()[-1]
+        say(f"  console, in the failing frame: [price, quantity] -> {result}")
+        slowest = 0.0
+        for i in range(6):
+            _, _, body, took = timed(
+                "GET", base + f"&cmd=pinauth&pin={i:04d}-0000-0000"
+            )
+            slowest = max(slowest, took)
+        say(
+            f"  6 wrong PINs -> {json.loads(body)}, the slowest answered in "
+            f"{slowest * 1000:.0f} ms (no sleeping worker)"
+        )
+        time.sleep(0.3)
+        shipped = server.log.read_text()
+    say(f"  the PIN in the server's log: {'YES' if pin in shipped else 'no'}")
+    port = free_port()
+    refused = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-w",
+            "2",
+            "-b",
+            f"127.0.0.1:{port}",
+            "app_fixed:app",
+        ],
+        cwd=cwd,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    lines = refused.stderr.splitlines()
+    reason = next((x for x in lines if x.startswith("flask_diag.exceptions.")), "")
+    command = next((x for x in lines if "--workers 1" in x), "")
+    say(f"\n$ gunicorn -w 2 ... app_fixed:app  -> exit status {refused.returncode}")
+    say(
+        textwrap.fill(
+            reason.partition(": ")[2], 78, initial_indent="  ", subsequent_indent="  "
+        )
+    )
+    say("    " + command.strip())
+
+
 SCENARIOS: dict[str, Callable[[], None]] = {
     "secret-key": scenario_secret_key,
     "self-call": scenario_self_call,
+    "debugger": scenario_debugger,
     "errors": scenario_errors,
     "workers": scenario_workers,
 }

@@ -393,7 +393,7 @@ class Settings:
     debugger_hosts: tuple[str, ...] = _setting(
         (),
         _parse_hosts,
-        "host names or addresses, comma-separated ('*.example.com' for a "
+        "host names or addresses, comma-separated (``*.example.com`` for a "
         "domain); empty for the defaults",
         "``Host`` headers the debugger answers (against DNS rebinding), "
         "besides the defaults: localhost names and the server's own address.",

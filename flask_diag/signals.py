@@ -106,9 +106,9 @@ debugger_pin_accepted = namespace.signal("debugger-pin-accepted")
 #: ``client``, ``failures`` and ``locked`` (a ``bool``).
 debugger_pin_refused = namespace.signal("debugger-pin-refused")
 
-#: Sent when a debugger request is refused before the PIN (client not
-#: allowed, foreign ``Host``, several processes, expired), with ``environ``,
-#: ``client`` and ``reason``.
+#: Sent when a debugger request is refused (client not allowed, foreign
+#: ``Host``, several processes, expired, or ``"pin"``: a command without a
+#: valid unlock cookie), with ``environ``, ``client`` and ``reason``.
 debugger_client_refused = namespace.signal("debugger-client-refused")
 
 #: Sent when a console command is evaluated, with ``environ``, ``client``,

@@ -1,0 +1,877 @@
+"""Debugger gate
+=============
+
+Pitfall 3: to see a traceback with live frames on a staging server, a team
+wraps the app in ``werkzeug.debug.DebuggedApplication(app, evalex=True)``:
+tracebacks in the browser and a Python console in every frame. That is
+remote code execution by design, and exposed debuggers have been used to
+break into companies.
+
+:class:`DebuggerGate` makes the safe way the easy way. One variable turns it
+on for one deployment, every guard up::
+
+    FLASK_DIAG_DEBUGGER=on gunicorn --worker-class sync --workers 1 \\
+        --timeout 3600 -b 127.0.0.1:8000 app:app     # with Diag(app) or wrap()
+
+or around any WSGI callable, alone::
+
+    from flask_diag.debugger import DebuggerGate
+
+    application = DebuggerGate(application, debugger=True)
+
+The guards, enforced on every request to a debugger route (``?__debugger__=yes``
+queries, their resources, the console path when it is switched on) before
+werkzeug sees it:
+
+PIN always
+    ``FLASK_DIAG_DEBUGGER_PIN``, or a fresh random PIN for each activation
+    (never werkzeug's derived one, which anybody who can read a few files of
+    the machine can compute). It is never logged: it goes to a file only the
+    server's user can read (mode 0600), whose path is logged.
+    ``WERKZEUG_DEBUG_PIN`` in the environment (``off`` above all) and short
+    PINs are refused at start-up.
+Lockout without sleeping
+    werkzeug sleeps up to 5 s per wrong PIN inside the request, stalling the
+    only sync worker. The gate answers ``pinauth`` itself: after 5 wrong PINs
+    in a row it refuses every attempt for 5 minutes (doubling each time),
+    at once. The unlock cookie is bound to this activation and expires with
+    it.
+Allowed clients
+    ``REMOTE_ADDR`` in ``FLASK_DIAG_DEBUGGER_ALLOW`` (loopback by default).
+    ``X-Forwarded-For`` only counts behind ``FLASK_DIAG_DEBUGGER_TRUSTED_PROXIES``
+    (the address after the last trusted hop). Everybody else gets the ordinary
+    404 / error envelope, as if there were no debugger; refusals are logged.
+Trusted hosts
+    The ``Host`` header must be a localhost name, one of the server's own
+    addresses or one of ``FLASK_DIAG_DEBUGGER_HOSTS``: against DNS rebinding
+    (CVE-2024-34069). Defence in depth, never access control: anybody can
+    send ``Host: 127.0.0.1``.
+One process
+    Start-up fails under several worker processes (gunicorn ``-w 2``, uWSGI
+    ``--processes 2``), naming the command to use, and a request with
+    ``wsgi.multiprocess`` set is refused: the frames live in one process.
+Expiry
+    Off again ``FLASK_DIAG_DEBUGGER_TTL`` seconds (default 3600) after
+    start-up: the debugger routes are gone, the frames dropped, the PIN file
+    deleted, and tracebacks go back to the envelope.
+Not in production by accident
+    ``FLASK_DIAG_ENV=production`` refuses it unless
+    ``FLASK_DIAG_DEBUGGER_IN_PRODUCTION=on`` is also set.
+
+Only requests of allowed clients with a trusted ``Host`` run through the
+debugger (their exceptions propagate to it, see
+:data:`~flask_diag.errors.PROPAGATE_KEY`); the others are served as if it
+did not exist. werkzeug's own dispatcher is never used: a debugger request
+that matches nothing gets a 404 instead of re-running the view. At most
+``FLASK_DIAG_DEBUGGER_FRAMES`` tracebacks are kept in memory (werkzeug never
+frees them).
+
+Every event is logged through the ``flask_diag`` structlog logger and sent
+as a signal (:data:`~flask_diag.signals.debugger_enabled`, ``..._disabled``,
+``..._pin_accepted``, ``..._pin_refused``, ``..._client_refused``,
+``..._command``): the command text of every console evaluation, with the
+client and the request id.
+
+.. autoclass:: DebuggerGate
+    :members: close, active
+
+.. autofunction:: init_flask
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+import re
+import shlex
+import socket
+import sys
+import threading
+import time
+import typing as t
+import weakref
+from collections import deque
+from urllib.parse import parse_qs
+
+from werkzeug.debug import DebuggedApplication
+from werkzeug.exceptions import Forbidden
+from werkzeug.exceptions import NotFound
+from werkzeug.http import parse_cookie
+from werkzeug.wrappers import Request
+from werkzeug.wrappers import Response
+
+from .context import ENVIRON_KEY
+from .context import request_info
+from .debugger_pin import PinLock
+from .errors import PROPAGATE_KEY
+from .exceptions import DiagConfigError
+from .internal import capture_internal_exceptions
+from .internal import logger
+from .server import detect
+from .server import ServerProfile
+from .settings import Settings
+from .signals import debugger_client_refused
+from .signals import debugger_command
+from .signals import debugger_disabled
+from .signals import debugger_enabled
+from .signals import debugger_pin_accepted
+from .signals import debugger_pin_refused
+from .signals import send_safely
+
+if t.TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse
+    from _typeshed.wsgi import WSGIApplication
+    from _typeshed.wsgi import WSGIEnvironment
+    from flask import Flask
+    from werkzeug.debug.tbtools import DebugFrameSummary
+
+__all__ = ["DebuggerGate", "init_flask", "one_process_command"]
+
+_IP: t.TypeAlias = "ipaddress.IPv4Address | ipaddress.IPv6Address"
+_NET: t.TypeAlias = "ipaddress.IPv4Network | ipaddress.IPv6Network"
+
+#: The command the one-process refusal recommends (the app spec is added).
+GUNICORN_COMMAND = "gunicorn --worker-class sync --workers 1 --timeout 3600"
+_CONSOLE_PATH = "/console"
+_LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+_NAME = re.compile(r"[a-z0-9.-]{1,253}")
+# Options of gunicorn's command line that the one-process command replaces.
+_GUNICORN_REPLACED = {
+    "-w": True,
+    "--workers": True,
+    "-k": True,
+    "--worker-class": True,
+    "-t": True,
+    "--timeout": True,
+    "--threads": True,
+}
+
+
+def _ip(text: object) -> _IP | None:
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        ip = ipaddress.ip_address(text.strip().strip("[]"))
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _host_name(header: object) -> str | None:
+    """The host of a ``Host`` header, lower case, without port; ``None`` when
+    it is not a well-formed name or address."""
+    if not isinstance(header, str) or not header:
+        return None
+    text = header.strip().lower()
+    if text.startswith("["):
+        end = text.find("]")
+        rest = text[end + 1 :]
+        if rest and not rest.startswith(":"):
+            return None
+        port = rest[1:]
+        if end < 0 or not _port_ok(port) or _ip(text[1:end]) is None:
+            return None
+        return text[1:end]
+    name, _, port = text.partition(":")
+    if not _port_ok(port) or not _NAME.fullmatch(name):
+        return None
+    return name.rstrip(".")
+
+
+def _port_ok(port: str) -> bool:
+    return not port or (port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536)
+
+
+def one_process_command(argv: t.Sequence[str] | None = None) -> str:
+    """The gunicorn command line to run the debugger: one sync worker, a long
+    timeout, and the rest of this process's own gunicorn arguments.
+
+    >>> one_process_command(["gunicorn", "-w", "4", "-b", ":8000", "app:app"])
+    'gunicorn --worker-class sync --workers 1 --timeout 3600 -b :8000 app:app'
+    """
+    if argv is None:
+        argv = sys.argv
+    program = os.path.basename(argv[0]) if argv else ""
+    if not argv or ("gunicorn" not in program and "gunicorn" not in argv[0]):
+        return f"{GUNICORN_COMMAND} MODULE:APP"
+    kept: list[str] = []
+    skip = False
+    for arg in argv[1:]:
+        if skip:
+            skip = False
+            continue
+        name, has_value, _ = arg.partition("=")
+        if name in _GUNICORN_REPLACED:
+            skip = not has_value
+            continue
+        if len(arg) > 2 and arg[:2] in ("-w", "-k", "-t") and not arg.startswith("--"):
+            continue  # -w4, -ksync, -t30
+        kept.append(arg)
+    return f"{GUNICORN_COMMAND} {shlex.join(kept)}".rstrip()
+
+
+def _one_process_message(profile: ServerProfile, processes: int | None) -> str:
+    count = f"{processes} worker processes" if processes else "several processes"
+    if profile.server == "uwsgi":
+        fix = "uwsgi --processes 1 --harakiri 3600 (or no harakiri) ..."
+    else:
+        fix = one_process_command()
+        if os.environ.get("GUNICORN_CMD_ARGS"):
+            fix += "   (and no --workers in GUNICORN_CMD_ARGS)"
+    return (
+        f"flask_diag's debugger refuses to start: this server ({profile.describe()})"
+        f" runs {count}. werkzeug's debugger keeps the frames of every traceback"
+        " in the memory of the one process that served the error, so the"
+        " browser's next requests (PIN, console) must reach that same process."
+        f" Run exactly one worker, with a timeout long enough for a debugging"
+        f" session:\n\n    {fix}\n"
+    )
+
+
+def _check_startup(settings: Settings) -> None:
+    """Refuse the start-up conditions that are never safe."""
+    werkzeug_pin = os.environ.get("WERKZEUG_DEBUG_PIN")
+    if werkzeug_pin is not None:
+        if werkzeug_pin.strip().lower() == "off":
+            raise DiagConfigError(
+                "WERKZEUG_DEBUG_PIN=off would run werkzeug's debugger without a"
+                " PIN: flask_diag refuses to start the debugger with it. Unset"
+                " WERKZEUG_DEBUG_PIN; the gate makes a random PIN for each"
+                " activation (or set FLASK_DIAG_DEBUGGER_PIN)."
+            )
+        raise DiagConfigError(
+            "WERKZEUG_DEBUG_PIN is set, but flask_diag's debugger gate does not"
+            " read it. Unset it and set FLASK_DIAG_DEBUGGER_PIN instead (at"
+            " least 8 letters, digits or '-'), or leave both unset for a random"
+            " PIN written to a file only the server's user can read."
+        )
+    if settings.env == "production" and not settings.debugger_in_production:
+        raise DiagConfigError(
+            "FLASK_DIAG_DEBUGGER=on where FLASK_DIAG_ENV=production: the werkzeug"
+            " debugger is remote code execution by design, and flask_diag"
+            " refuses it in production. Use a staging deployment; if you really"
+            " mean production, also set FLASK_DIAG_DEBUGGER_IN_PRODUCTION=on."
+        )
+
+
+class _GatedDebugger(DebuggedApplication):
+    """werkzeug's debugger with the gate's PIN, cookie, Host check and a cap
+    on the tracebacks kept. Its ``__call__`` (werkzeug's dispatcher) is never
+    used by the gate; its PIN entry points refuse without sleeping anyway."""
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        gate: DebuggerGate,
+        lock: PinLock,
+        *,
+        console_path: str | None,
+        max_tracebacks: int,
+    ) -> None:
+        self._gate_ref = weakref.ref(gate)
+        self._lock_ref = lock
+        self._max_tracebacks = max_tracebacks
+        self._tracebacks: deque[list[int]] = deque()
+        self._known: set[int] = set()
+        self._frames_lock = threading.Lock()
+        # Always a non-empty console path for werkzeug; the gate decides.
+        super().__init__(
+            app,
+            evalex=True,
+            console_path=console_path or _CONSOLE_PATH,
+            pin_security=True,
+            pin_logging=False,
+        )
+        # werkzeug would derive its machine PIN on first use: never. A value
+        # nobody knows, and the gate's per-activation cookie name.
+        self._pin = os.urandom(16).hex()
+        self._pin_cookie = lock.cookie_name
+        self.trusted_hosts = []  # unused: check_host_trust is the gate's
+
+    def check_pin_trust(self, environ: WSGIEnvironment) -> bool | None:
+        value = parse_cookie(environ).get(self._lock_ref.cookie_name)
+        return self._lock_ref.cookie_valid(value)
+
+    def check_host_trust(self, environ: WSGIEnvironment) -> bool:
+        gate = self._gate_ref()
+        return gate is not None and gate._host_trusted(environ)
+
+    def pin_auth(self, request: Request) -> Response:
+        return Forbidden().get_response(request.environ)  # the gate answers
+
+    def log_pin_request(self, request: Request) -> Response:
+        return Response("")  # the PIN is never logged
+
+    def _fail_pin_auth(self) -> None:  # never sleep in a request
+        pass
+
+    def debug_application(
+        self, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> t.Iterator[bytes]:
+        before = len(self.frames)
+        try:
+            yield from super().debug_application(environ, start_response)
+        finally:
+            if len(self.frames) != before:
+                self._remember()
+
+    def _remember(self) -> None:
+        # werkzeug keeps every traceback's frames (locals included) forever:
+        # keep the newest ``max_tracebacks``.
+        with self._frames_lock:
+            new = [k for k in list(self.frames) if k != 0 and k not in self._known]
+            if not new:
+                return
+            self._known.update(new)
+            self._tracebacks.append(new)
+            while len(self._tracebacks) > self._max_tracebacks:
+                for key in self._tracebacks.popleft():
+                    self.frames.pop(key, None)
+                    self.frame_contexts.pop(key, None)
+                    self._known.discard(key)
+
+    def drop_frames(self) -> None:
+        with self._frames_lock:
+            self.frames.clear()
+            self.frame_contexts.clear()
+            self._tracebacks.clear()
+            self._known.clear()
+
+    @property
+    def traceback_count(self) -> int:
+        return len(self._tracebacks)
+
+
+class DebuggerGate:
+    """werkzeug's debugger around ``app``, behind every guard.
+
+    :param app: the WSGI application.
+    :param settings: a :class:`~flask_diag.settings.Settings`; by default
+        loaded from the environment. Reads ``debugger`` (off: the gate passes
+        every request through and no debugger exists) and the
+        ``debugger_*`` and ``env`` settings.
+    :param overrides: settings given in code, e.g. ``debugger=True``.
+    :raises DiagConfigError: at start-up, when a guard refuses (several
+        worker processes, production without the override,
+        ``WERKZEUG_DEBUG_PIN``).
+
+    When it wraps a Flask app (``flask_app`` or ``flask_app.wsgi_app``), it
+    sets the app's ``PROPAGATE_EXCEPTIONS`` while it is active, so view
+    exceptions reach the debugger (see :func:`init_flask`).
+    """
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        *,
+        settings: Settings | None = None,
+        **overrides: object,
+    ) -> None:
+        if settings is None:
+            settings = Settings.load(overrides)
+        elif overrides:
+            settings = settings.replace(**overrides)
+        self.app = app
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._expired = False
+        self._timer: threading.Timer | None = None
+        self._flask_apps: dict[int, tuple[weakref.ref[Flask], object]] = {}
+        self._own_hosts: tuple[int, frozenset[str]] | None = None
+        self._admit_cache: dict[tuple[object, object, object], bool] = {}
+        #: The debugger, while it exists (``None`` when off).
+        self.debugger: _GatedDebugger | None = None
+        #: The PIN of this activation (``None`` when off).
+        self.pin_lock: PinLock | None = None
+        if not settings.debugger:
+            return
+        _check_startup(settings)
+        profile = detect()
+        processes = profile.workers
+        if (processes is not None and processes > 1) or profile.multiprocess:
+            raise DiagConfigError(_one_process_message(profile, processes))
+        self._allow: tuple[_NET, ...] = tuple(
+            ipaddress.ip_network(n, strict=False) for n in settings.debugger_allow
+        )
+        self._proxies: tuple[_NET, ...] = tuple(
+            ipaddress.ip_network(n, strict=False)
+            for n in settings.debugger_trusted_proxies
+        )
+        exact = set(_LOCAL_NAMES)
+        suffixes = {"localhost"}
+        for host in settings.debugger_hosts:
+            host = host.strip("[]")
+            if host.startswith("*."):
+                suffixes.add(host[2:])
+                exact.add(host[2:])
+            else:
+                exact.add(host)
+        self._exact_hosts = frozenset(exact)
+        self._suffix_hosts = tuple(sorted(suffixes))
+        self._console_path = _CONSOLE_PATH if settings.debugger_console else None
+        lock = PinLock.activate(settings.debugger_pin, ttl=settings.debugger_ttl)
+        self.pin_lock = lock
+        self.debugger = _GatedDebugger(
+            app,
+            self,
+            lock,
+            console_path=self._console_path,
+            max_tracebacks=settings.debugger_frames,
+        )
+        flask_app = _find_flask_app(app)
+        if flask_app is not None:
+            self.register_flask(flask_app)
+        self._announce(profile)
+        timer = threading.Timer(settings.debugger_ttl, self._expire, ("expired",))
+        timer.daemon = True
+        timer.start()
+        self._timer = timer
+
+    # -- state ------------------------------------------------------------------
+
+    @property
+    def active(self) -> bool:
+        """Whether the debugger is reachable (on, and not expired)."""
+        lock = self.pin_lock
+        if lock is None or self._expired:
+            return False
+        if lock.expired():
+            self._expire("expired")
+            return False
+        return True
+
+    def close(self) -> None:
+        """Switch the debugger off now (frames dropped, PIN file deleted)."""
+        self._expire("closed")
+
+    def register_flask(self, flask_app: Flask) -> None:
+        """Make ``flask_app`` propagate exceptions while the gate is active."""
+        key = id(flask_app)
+        if key in self._flask_apps or self.pin_lock is None or self._expired:
+            return
+        previous = flask_app.config.get("PROPAGATE_EXCEPTIONS")
+        flask_app.config["PROPAGATE_EXCEPTIONS"] = True
+        self._flask_apps[key] = (weakref.ref(flask_app), previous)
+
+    def _announce(self, profile: ServerProfile) -> None:
+        lock = self.pin_lock
+        assert lock is not None
+        settings = self.settings
+        expires_at = datetime.datetime.fromtimestamp(
+            lock.expires_wall, datetime.timezone.utc
+        ).isoformat(timespec="seconds")
+        if lock.pin_file is not None:
+            where = f"read the PIN from {lock.pin_file} (mode 0600)"
+        else:
+            where = "the PIN is the one set in FLASK_DIAG_DEBUGGER_PIN"
+        with capture_internal_exceptions("logging debugger_enabled"):
+            logger.critical(
+                "debugger_enabled",
+                message=(
+                    "werkzeug's debugger is ON: whoever passes the gate runs"
+                    f" Python code in this process until {expires_at}; {where}."
+                ),
+                pin_file=lock.pin_file,
+                expires_at=expires_at,
+                ttl_s=settings.debugger_ttl,
+                allow=list(settings.debugger_allow),
+                trusted_proxies=list(settings.debugger_trusted_proxies),
+                hosts=sorted(self._exact_hosts)
+                + [f"*.{s}" for s in self._suffix_hosts],
+                console=self._console_path,
+                server=profile.describe(),
+                env=settings.env,
+            )
+        if profile.timeout is not None and profile.timeout < 600:
+            with capture_internal_exceptions("logging debugger_timeout"):
+                logger.warning(
+                    "debugger_short_timeout",
+                    message=(
+                        f"the server kills a busy worker after {profile.timeout:g} s:"
+                        " a debugging session in a frame may be cut short."
+                        f" Use: {one_process_command()}"
+                    ),
+                    timeout_s=profile.timeout,
+                )
+        send_safely(
+            debugger_enabled,
+            self,
+            pin_file=lock.pin_file,
+            expires_at=lock.expires_wall,
+            allow=settings.debugger_allow,
+        )
+
+    def _expire(self, reason: str) -> None:
+        with self._lock:
+            if self._expired or self.pin_lock is None:
+                return
+            self._expired = True
+        timer = self._timer
+        if timer is not None and timer is not threading.current_thread():
+            timer.cancel()
+        with capture_internal_exceptions("switching the debugger off"):
+            if self.debugger is not None:
+                self.debugger.drop_frames()
+            self.pin_lock.remove_file()
+            for ref, previous in self._flask_apps.values():
+                flask_app = ref()
+                if flask_app is not None:
+                    flask_app.config["PROPAGATE_EXCEPTIONS"] = previous
+        with capture_internal_exceptions("logging debugger_disabled"):
+            logger.warning("debugger_disabled", reason=reason)
+        send_safely(debugger_disabled, self, reason=reason)
+
+    # -- checks -------------------------------------------------------------------
+
+    def _client(self, environ: WSGIEnvironment) -> _IP | None:
+        """The client's address: ``REMOTE_ADDR``, or the hop after the last
+        trusted proxy in ``X-Forwarded-For``."""
+        remote = _ip(environ.get("REMOTE_ADDR"))
+        if remote is None or not self._proxies or not _in(remote, self._proxies):
+            return remote
+        forwarded = environ.get("HTTP_X_FORWARDED_FOR")
+        if not forwarded:
+            return remote
+        hops = [h.strip() for h in str(forwarded).split(",")]
+        client: _IP | None = remote
+        for hop in reversed(hops):
+            client = _ip(hop)
+            if client is None or not _in(client, self._proxies):
+                return client
+        return client
+
+    def _own_host_names(self, environ: WSGIEnvironment) -> frozenset[str]:
+        cached = self._own_hosts
+        pid = os.getpid()
+        if cached is not None and cached[0] == pid:
+            return cached[1]
+        names: set[str] = set()
+        with capture_internal_exceptions("finding the server's own addresses"):
+            profile = detect(environ)
+            for listener in profile.listeners:
+                if listener.family == "unix":
+                    continue
+                if listener.wildcard:
+                    names.update(_host_addresses())
+                else:
+                    names.add(listener.host.lower())
+        found = frozenset(names)
+        self._own_hosts = (pid, found)
+        return found
+
+    def _host_trusted(self, environ: WSGIEnvironment) -> bool:
+        name = _host_name(environ.get("HTTP_HOST"))
+        if name is None:
+            return False
+        if name in self._exact_hosts:
+            return True
+        for suffix in self._suffix_hosts:
+            if name.endswith("." + suffix):
+                return True
+        return name in self._own_host_names(environ)
+
+    def _admitted(self, environ: WSGIEnvironment) -> bool:
+        """Whether an ordinary request goes through the debugger; decisions
+        are cached by (peer, forwarded-for, Host): parsing addresses costs
+        more than the rest of the gate."""
+        if environ.get("wsgi.multiprocess"):
+            return False
+        key = (
+            environ.get("REMOTE_ADDR"),
+            environ.get("HTTP_X_FORWARDED_FOR") if self._proxies else None,
+            environ.get("HTTP_HOST"),
+        )
+        admitted = self._admit_cache.get(key)
+        if admitted is None:
+            try:
+                admitted = self._refusal(environ, self._client(environ)) is None
+            except Exception:  # a fault in the gate never opens it
+                return False
+            if len(self._admit_cache) >= 1024:  # bounded: clients vary
+                self._admit_cache.clear()
+            self._admit_cache[key] = admitted
+        return admitted
+
+    def _refusal(self, environ: WSGIEnvironment, client: _IP | None) -> str | None:
+        """Why this request may not reach the debugger, or ``None``."""
+        if client is None or not _in(client, self._allow):
+            return "client"
+        if environ.get("wsgi.multiprocess"):
+            return "multiprocess"
+        if not self._host_trusted(environ):
+            return "host"
+        return None
+
+    # -- requests -----------------------------------------------------------------
+
+    def __call__(
+        self, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> t.Iterable[bytes]:
+        debugger = self.debugger
+        if debugger is None:
+            return self.app(environ, start_response)
+        query = environ.get("QUERY_STRING", "")
+        args: dict[str, list[str]] | None = None
+        if query and ("debugger" in query or "%" in query):
+            args = parse_qs(query, keep_blank_values=True)
+            if args.get("__debugger__", [""])[0] != "yes":
+                args = None
+        console = (
+            self._console_path is not None
+            and environ.get("PATH_INFO") == self._console_path
+        )
+        if args is None and not console:
+            # An ordinary request: through the debugger only for a client
+            # that could also reach its routes.
+            lock = self.pin_lock
+            if self._expired or lock is None or time.monotonic() >= lock.expires:
+                if lock is not None:
+                    self._expire("expired")  # once; a no-op afterwards
+                return self.app(environ, start_response)
+            if not self._admitted(environ):
+                return self.app(environ, start_response)
+            environ[PROPAGATE_KEY] = True
+            return debugger.debug_application(environ, start_response)
+        return self._debugger_route(environ, start_response, args or {}, debugger)
+
+    def _debugger_route(
+        self,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        args: dict[str, list[str]],
+        debugger: _GatedDebugger,
+    ) -> t.Iterable[bytes]:
+        client = self._client(environ)
+        if not self.active:
+            # Gone: as if there had never been a debugger (no event: the
+            # expiry itself was logged).
+            return NotFound()(environ, start_response)
+        reason = self._refusal(environ, client)
+        if reason is not None:
+            self._refused(environ, client, reason)
+            return NotFound()(environ, start_response)
+        lock = self.pin_lock
+        assert lock is not None
+
+        def arg(name: str) -> str | None:
+            values = args.get(name)
+            return values[0] if values else None
+
+        request = Request(environ)
+        cmd = arg("cmd")
+        secret = arg("s")
+        response: Response
+        if not args:  # the console path
+            response = debugger.display_console(request)
+        elif cmd == "resource" and arg("f"):
+            response = debugger.get_resource(request, arg("f") or "")
+        elif secret is None or not _same(secret, debugger.secret):
+            response = NotFound().get_response(environ)
+        elif cmd == "pinauth":
+            response = self._pin_auth(request, client, lock, arg("pin") or "")
+        elif cmd == "printpin":
+            self._event(
+                "debugger_pin_requested",
+                environ,
+                client,
+                pin_file=lock.pin_file,
+                message=(
+                    f"the PIN is in {lock.pin_file} (mode 0600)"
+                    if lock.pin_file
+                    else "the PIN is the one set in FLASK_DIAG_DEBUGGER_PIN"
+                ),
+            )
+            response = Response("")
+        else:
+            frame = _frame(debugger, arg("frm"))
+            if cmd is None or frame is None:
+                response = NotFound().get_response(environ)
+            elif not debugger.check_pin_trust(environ):
+                self._refused(environ, client, "pin")
+                response = Forbidden(
+                    "The console is locked: enter the PIN first."
+                ).get_response(environ)
+            else:
+                self._command(environ, client, cmd)
+                response = debugger.execute_command(request, cmd, frame)
+        return response(environ, start_response)
+
+    def _pin_auth(
+        self, request: Request, client: _IP | None, lock: PinLock, entered: str
+    ) -> Response:
+        environ = request.environ
+        result = lock.attempt(entered)
+        # werkzeug's answer, which its page's script reads.
+        response = Response(
+            json.dumps({"auth": result.accepted, "exhausted": result.locked}),
+            mimetype="application/json",
+        )
+        if result.accepted:
+            self._event("debugger_pin_accepted", environ, client)
+            send_safely(
+                debugger_pin_accepted, self, environ=environ, client=str(client)
+            )
+            response.set_cookie(
+                lock.cookie_name,
+                lock.cookie_value(),
+                max_age=int(lock.remaining()),  # never beyond the expiry
+                httponly=True,
+                samesite="Strict",
+                secure=request.is_secure,
+            )
+            return response
+        locked_for = max(0.0, result.locked_until - time.monotonic())
+        self._event(
+            "debugger_pin_refused",
+            environ,
+            client,
+            failures=result.failures,
+            locked=result.locked,
+            locked_for_s=round(locked_for, 1),
+        )
+        send_safely(
+            debugger_pin_refused,
+            self,
+            environ=environ,
+            client=str(client),
+            failures=result.failures,
+            locked=result.locked,
+        )
+        return response
+
+    def _command(self, environ: WSGIEnvironment, client: _IP | None, cmd: str) -> None:
+        request_id = _request_id(environ)
+        self._event("debugger_command", environ, client, command=cmd)
+        send_safely(
+            debugger_command,
+            self,
+            environ=environ,
+            client=str(client),
+            request_id=request_id,
+            command=cmd,
+        )
+
+    def _refused(
+        self, environ: WSGIEnvironment, client: _IP | None, reason: str
+    ) -> None:
+        extra: dict[str, object] = {}
+        if reason == "host":
+            extra["host"] = str(environ.get("HTTP_HOST", ""))[:200]
+        elif reason == "multiprocess":
+            extra["message"] = (
+                "this server runs several worker processes; the debugger needs"
+                f" exactly one: {one_process_command()}"
+            )
+        self._event("debugger_client_refused", environ, client, reason=reason, **extra)
+        send_safely(
+            debugger_client_refused,
+            self,
+            environ=environ,
+            client=str(client),
+            reason=reason,
+        )
+
+    def _event(
+        self,
+        event: str,
+        environ: WSGIEnvironment,
+        client: _IP | None,
+        **fields: object,
+    ) -> None:
+        with capture_internal_exceptions(f"logging {event}"):
+            logger.warning(
+                event,
+                client=str(client),
+                request_id=_request_id(environ),
+                path=str(environ.get("PATH_INFO", ""))[:200],
+                **fields,
+            )
+
+
+def _in(ip: _IP, networks: tuple[_NET, ...]) -> bool:
+    return any(ip in network for network in networks)
+
+
+def _same(a: str, b: str) -> bool:
+    import hmac
+
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+def _frame(
+    debugger: _GatedDebugger, frm: str | None
+) -> DebugFrameSummary | t.Any | None:
+    if frm is None:
+        return None
+    try:
+        return debugger.frames.get(int(frm))
+    except ValueError:
+        return None
+
+
+def _request_id(environ: WSGIEnvironment) -> str | None:
+    info = environ.get(ENVIRON_KEY)
+    if info is None:
+        try:
+            info = request_info(environ)
+        except Exception:
+            return None
+    return t.cast(str, info.request_id)
+
+
+def _host_addresses() -> set[str]:
+    """This host's own addresses, for a server listening on every address."""
+    found: set[str] = set()
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None)
+    except OSError:
+        return found
+    for info in infos:
+        address = info[4][0]
+        if isinstance(address, str):
+            found.add(address.split("%", 1)[0].lower())
+    return found
+
+
+def _find_flask_app(app: object) -> Flask | None:
+    """The Flask app at the bottom of a middleware chain, if any."""
+    try:
+        from flask import Flask
+    except ImportError:  # pragma: no cover - flask is a dependency
+        return None
+    for _ in range(32):
+        if isinstance(app, Flask):
+            return app
+        owner = getattr(app, "__self__", None)  # flask_app.wsgi_app
+        if isinstance(owner, Flask):
+            return owner
+        app = getattr(app, "app", None)
+        if app is None:
+            return None
+    return None
+
+
+def _gates(app: object) -> list[DebuggerGate]:
+    found = []
+    for _ in range(32):
+        if isinstance(app, DebuggerGate):
+            found.append(app)
+        app = getattr(app, "app", None)
+        if app is None:
+            break
+    return found
+
+
+def init_flask(app: Flask, settings: Settings) -> None:
+    """Called by :meth:`Diag.init_app <flask_diag.Diag.init_app>` when the
+    debugger is on: ``PROPAGATE_EXCEPTIONS`` while the gate is active, so that
+    view exceptions of admitted requests reach werkzeug's debugger (the
+    error envelope's Flask handler passes them on, see
+    :data:`~flask_diag.errors.PROPAGATE_KEY`); restored at expiry.
+    """
+    for gate in _gates(app.wsgi_app):
+        gate.register_flask(app)

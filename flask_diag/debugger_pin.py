@@ -1,0 +1,186 @@
+"""The debugger's PIN, its lockout and its unlock cookie.
+
+Used by :class:`~flask_diag.debugger.DebuggerGate`; one :class:`PinLock` per
+activation of the debugger::
+
+    lock = PinLock.activate(pin=None, ttl=3600.0)   # a fresh random PIN
+    lock.pin_file            # a 0600 file holding the PIN; log this path
+    result = lock.attempt("1234-5678-9012")
+    result.accepted, result.locked, result.failures
+    lock.cookie_value()      # werkzeug's "{ts}|{hash}" format
+    lock.cookie_valid(value) # only for this activation, never after expiry
+
+Why not werkzeug's own PIN handling:
+
+- its derived PIN is stable across restarts and can be computed by anyone
+  who can read a few files of the machine; here a fresh random PIN is made
+  for every activation (or the operator's own, from ``debugger_pin``);
+- it prints the PIN into the server's log, which is shipped and shared; here
+  it goes to a file only the server's user can read;
+- after a wrong PIN it sleeps 0.5 to 5 s inside the request, stalling the
+  only sync worker; here failures are counted and further attempts refused
+  for a while, without sleeping;
+- its unlock cookie is valid for a week and across restarts; here it is
+  bound to the activation (a random nonce in its hash, a random cookie name)
+  and never valid beyond the expiry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+import typing as t
+
+__all__ = ["PinLock", "Attempt", "MAX_FAILURES", "LOCKOUT"]
+
+#: Wrong PINs in a row before attempts are refused for :data:`LOCKOUT` seconds.
+MAX_FAILURES = 5
+#: The first lockout, in seconds; each further lockout doubles it.
+LOCKOUT = 300.0
+
+
+class Attempt(t.NamedTuple):
+    """The outcome of one PIN attempt."""
+
+    accepted: bool
+    #: Attempts are refused without looking at the PIN (until ``locked_until``).
+    locked: bool
+    #: Wrong PINs since the last success or lockout.
+    failures: int
+    #: ``time.monotonic()`` until which attempts are refused, or ``0.0``.
+    locked_until: float
+
+
+def _normalise(pin: str) -> bytes:
+    # As werkzeug: dashes and surrounding blanks do not count.
+    return pin.strip().replace("-", "").encode("utf-8", "replace")
+
+
+def random_pin() -> str:
+    """12 random digits in three groups (``0123-4567-8901``): 40 bits."""
+    digits = f"{secrets.randbelow(10**12):012d}"
+    return f"{digits[0:4]}-{digits[4:8]}-{digits[8:12]}"
+
+
+def write_pin_file(pin: str) -> str:
+    """Write ``pin`` to a new file only this user can read; return its path.
+
+    A private directory (``mkdtemp``: mode 0700) and the file created with
+    ``O_CREAT | O_EXCL`` and mode 0600 in one call, so there is no moment
+    when another user could open it.
+    """
+    directory = tempfile.mkdtemp(prefix="flask-diag-debugger-")
+    path = os.path.join(directory, "pin")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(pin + "\n")
+    return path
+
+
+class PinLock:
+    """The PIN of one activation, with its lockout and cookie."""
+
+    def __init__(
+        self,
+        pin: str,
+        *,
+        ttl: float,
+        pin_file: str | None,
+        max_failures: int = MAX_FAILURES,
+        lockout: float = LOCKOUT,
+    ) -> None:
+        self._pin = _normalise(pin)
+        #: Where the PIN was written, or ``None`` (the operator chose it).
+        self.pin_file = pin_file
+        self.started_wall = time.time()
+        self.started = time.monotonic()
+        self.expires = self.started + ttl
+        #: The expiry as a Unix time, for messages.
+        self.expires_wall = self.started_wall + ttl
+        self.max_failures = max_failures
+        self.lockout = lockout
+        # Binds the cookie to this activation: an unlock cookie of an earlier
+        # activation (same operator PIN, other nonce) never matches.
+        nonce = secrets.token_hex(16)
+        self._cookie_hash = hashlib.sha256(
+            nonce.encode() + b"|" + self._pin
+        ).hexdigest()[:24]
+        #: The cookie's name: werkzeug's ``__wzd`` prefix, random per activation.
+        self.cookie_name = "__wzd" + secrets.token_hex(10)
+        self._lock = threading.Lock()
+        self._failures = 0
+        self._lockouts = 0
+        self._locked_until = 0.0
+
+    @classmethod
+    def activate(cls, pin: str | None, *, ttl: float) -> PinLock:
+        """A new activation: the operator's ``pin``, or a fresh random one
+        written to a 0600 file."""
+        if pin is None:
+            pin = random_pin()
+            return cls(pin, ttl=ttl, pin_file=write_pin_file(pin))
+        return cls(pin, ttl=ttl, pin_file=None)
+
+    def expired(self, now: float | None = None) -> bool:
+        """Whether the activation is over."""
+        return (time.monotonic() if now is None else now) >= self.expires
+
+    def remaining(self) -> float:
+        """Seconds until expiry (0 once expired)."""
+        return max(0.0, self.expires - time.monotonic())
+
+    def attempt(self, entered: str) -> Attempt:
+        """Check one entered PIN. Never sleeps.
+
+        While locked out, every attempt is refused without comparing; after
+        :attr:`max_failures` wrong PINs in a row the lock closes for
+        :attr:`lockout` seconds, doubled at each further lockout.
+        """
+        now = time.monotonic()
+        with self._lock:
+            if now < self._locked_until:
+                return Attempt(False, True, self._failures, self._locked_until)
+            if hmac.compare_digest(_normalise(entered), self._pin):
+                self._failures = 0
+                return Attempt(True, False, 0, 0.0)
+            self._failures += 1
+            failures = self._failures
+            if failures >= self.max_failures:
+                self._locked_until = now + self.lockout * (2**self._lockouts)
+                self._lockouts += 1
+                self._failures = 0
+                return Attempt(False, True, failures, self._locked_until)
+            return Attempt(False, False, failures, 0.0)
+
+    def locked(self) -> bool:
+        """Whether PIN attempts are refused right now."""
+        return time.monotonic() < self._locked_until
+
+    def cookie_value(self) -> str:
+        """An unlock cookie in werkzeug's ``"{ts}|{hash}"`` format."""
+        return f"{int(time.time())}|{self._cookie_hash}"
+
+    def cookie_valid(self, value: str | None) -> bool:
+        """Whether ``value`` unlocks this activation, now."""
+        if not value or "|" not in value or self.expired():
+            return False
+        ts_text, _, digest = value.partition("|")
+        try:
+            ts = int(ts_text)
+        except ValueError:
+            return False
+        if not hmac.compare_digest(digest.encode(), self._cookie_hash.encode()):
+            return False
+        # Issued during this activation (a second of slack for int()).
+        return self.started_wall - 1 <= ts <= time.time() + 1
+
+    def remove_file(self) -> None:
+        """Delete the PIN file and its private directory, if any."""
+        if self.pin_file is not None:
+            shutil.rmtree(os.path.dirname(self.pin_file), ignore_errors=True)

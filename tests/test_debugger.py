@@ -1,0 +1,657 @@
+"""The PIN-gated debugger, in process (werkzeug's test client).
+
+Each guard is tested on its own: off, allowed clients (``REMOTE_ADDR``,
+``X-Forwarded-For`` with and without trusted proxies), trusted hosts, one
+process, expiry, production, ``WERKZEUG_DEBUG_PIN``, the PIN lockout without
+sleeping and the activation-bound cookie, the cap on kept tracebacks, the
+console path, and the log/signal audit trail (never the PIN). The real
+server and browser runs are in ``test_debugger_servers.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import time
+import typing as t
+from collections.abc import Iterator
+
+import pytest
+from flask import Flask
+from werkzeug.test import Client
+
+from flask_diag import Diag
+from flask_diag import DiagConfigError
+from flask_diag import wrap
+from flask_diag.debugger import DebuggerGate
+from flask_diag.debugger import one_process_command
+from flask_diag.debugger_pin import PinLock
+from flask_diag.settings import Settings
+from flask_diag.signals import debugger_pin_refused
+from flask_diag.testing import capture_logs
+from flask_diag.testing import capture_signals
+
+LOOPBACK = {"REMOTE_ADDR": "127.0.0.1"}
+FOREIGN = {"REMOTE_ADDR": "203.0.113.7"}
+PIN = "staging-pin-2024"
+RESOURCE = "?__debugger__=yes&cmd=resource&f=debugger.js"
+FAST = 0.1  # no PIN request may take longer: the worker never sleeps
+
+
+class Harness:
+    """A Flask app with Diag and the debugger on, and its gate."""
+
+    def __init__(self, app: Flask, gate: DebuggerGate) -> None:
+        self.app = app
+        self.gate = gate
+        self.client = Client(app, use_cookies=True)
+        self.calls = 0
+
+    def get(self, path: str, **environ: t.Any) -> t.Any:
+        # environ_overrides: applied after the test client's own HTTP_HOST
+        # and wsgi.multiprocess.
+        return self.client.get(path, environ_overrides={**LOOPBACK, **environ})
+
+    def traceback(self, **environ: t.Any) -> tuple[str, str]:
+        """Load the failing page; return (secret, innermost frame id)."""
+        response = self.get("/boom", **environ)
+        assert response.status_code == 500
+        assert response.mimetype == "text/html", response.text[:300]
+        html = response.get_data(as_text=True)
+        secret = re.search(r'SECRET = "([^"]+)"', html)
+        frames = re.findall(r'<div class="frame" id="frame-(\d+)"', html)
+        assert secret is not None and frames
+        return secret.group(1), frames[-1]
+
+    def pin(self) -> str:
+        lock = self.gate.pin_lock
+        assert lock is not None
+        if lock.pin_file is None:
+            return PIN
+        with open(lock.pin_file) as f:
+            return f.read().strip()
+
+    def pinauth(self, secret: str, pin: str, **environ: t.Any) -> t.Any:
+        return self.get(
+            f"/boom?__debugger__=yes&cmd=pinauth&pin={pin}&s={secret}", **environ
+        )
+
+    def command(self, secret: str, frame: str, cmd: str, **environ: t.Any) -> t.Any:
+        from urllib.parse import quote
+
+        return self.get(
+            f"/boom?__debugger__=yes&cmd={quote(cmd)}&frm={frame}&s={secret}",
+            **environ,
+        )
+
+
+def _gate_of(app: Flask) -> DebuggerGate:
+    inner: t.Any = app.wsgi_app
+    for _ in range(20):
+        if isinstance(inner, DebuggerGate):
+            return inner
+        inner = inner.app
+    raise AssertionError("no DebuggerGate in the stack")
+
+
+@pytest.fixture
+def make() -> Iterator[t.Callable[..., Harness]]:
+    """``make(**settings)``: a Flask app with the debugger on; closed after."""
+    harnesses: list[Harness] = []
+
+    def build(**options: t.Any) -> Harness:
+        app = Flask("debug_app")
+        harness: Harness
+
+        @app.get("/boom")
+        def boom() -> str:
+            harness.calls += 1
+            answer = 41
+            raise KeyError(f"no such thing {answer}")
+
+        @app.get("/")
+        def index() -> str:
+            return "hello"
+
+        options.setdefault("debugger", True)
+        Diag(app, **options)
+        harness = Harness(app, _gate_of(app))
+        harnesses.append(harness)
+        return harness
+
+    yield build
+    for harness in harnesses:
+        harness.gate.close()
+
+
+def assert_envelope(response: t.Any, status: int) -> dict[str, t.Any]:
+    assert response.status_code == status, response.get_data(as_text=True)[:300]
+    assert response.mimetype == "application/problem+json"
+    body: dict[str, t.Any] = response.get_json()
+    assert "Traceback" not in response.get_data(as_text=True)
+    return body
+
+
+def refusals(logs: list[t.Any]) -> list[str]:
+    return [e["reason"] for e in logs if e["event"] == "debugger_client_refused"]
+
+
+# -- off -------------------------------------------------------------------------------
+
+
+def test_off_by_default_no_debugger_anywhere() -> None:
+    assert Settings.load(environ={}).debugger is False
+    app = Flask("plain")
+
+    @app.get("/boom")
+    def boom() -> str:
+        raise KeyError("x")
+
+    Diag(app)
+    with pytest.raises(AttributeError):
+        _gate_of(app)  # reaches the bottom of the stack without a gate
+    client = app.test_client()
+    body = assert_envelope(client.get("/nothing-here" + RESOURCE), 404)
+    assert body["code"] == "not_found"
+    assert_envelope(client.get("/boom" + RESOURCE), 500)
+    assert app.config["PROPAGATE_EXCEPTIONS"] is None
+
+
+def test_gate_alone_with_debugger_off_passes_through() -> None:
+    def hello(environ: t.Any, start_response: t.Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"hi"]
+
+    gate = DebuggerGate(hello, debugger=False)
+    assert gate.debugger is None and gate.pin_lock is None and not gate.active
+    response = Client(gate).get("/" + RESOURCE, environ_base=LOOPBACK)
+    assert response.get_data() == b"hi"
+
+
+# -- the happy path --------------------------------------------------------------------
+
+
+def test_pin_then_console_in_frame(make: t.Callable[..., Harness]) -> None:
+    h = make()
+    lock = h.gate.pin_lock
+    assert lock is not None and lock.pin_file is not None
+    assert stat.S_IMODE(os.stat(lock.pin_file).st_mode) == 0o600
+    assert h.app.config["PROPAGATE_EXCEPTIONS"] is True
+    secret, frame = h.traceback()
+    # Locked until the PIN is entered.
+    assert h.command(secret, frame, "answer + 1").status_code == 403
+    wrong = h.pinauth(secret, "1111-2222-3333")
+    assert wrong.get_json() == {"auth": False, "exhausted": False}
+    assert "Set-Cookie" not in wrong.headers
+    right = h.pinauth(secret, h.pin())
+    assert right.get_json() == {"auth": True, "exhausted": False}
+    cookie = right.headers["Set-Cookie"]
+    assert cookie.startswith(lock.cookie_name + "=")
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    max_age = int(re.search(r"Max-Age=(\d+)", cookie).group(1))  # type: ignore[union-attr]
+    assert 0 < max_age <= h.gate.settings.debugger_ttl
+    result = h.command(secret, frame, "answer + 1")
+    assert result.status_code == 200
+    assert "42" in result.get_data(as_text=True)
+
+
+def test_wrap_around_a_flask_app_propagates_to_the_debugger() -> None:
+    app = Flask("wrapped")
+
+    @app.get("/boom")
+    def boom() -> str:
+        raise KeyError("x")
+
+    application = wrap(app, environ={}, debugger=True)
+    gate = _gate_of_wsgi(application)
+    try:
+        assert app.config["PROPAGATE_EXCEPTIONS"] is True
+        ok = Client(application).get("/boom", environ_base=LOOPBACK)
+        assert ok.status_code == 500 and "KeyError" in ok.get_data(as_text=True)
+        assert ok.mimetype == "text/html"
+        refused = Client(application).get("/boom", environ_base=FOREIGN)
+        assert_envelope(refused, 500)
+    finally:
+        gate.close()
+    assert app.config["PROPAGATE_EXCEPTIONS"] is None  # restored
+
+
+def _gate_of_wsgi(app: t.Any) -> DebuggerGate:
+    for _ in range(20):
+        if isinstance(app, DebuggerGate):
+            return app
+        app = app.app
+    raise AssertionError("no gate")
+
+
+def test_gate_alone_around_plain_wsgi() -> None:
+    def broken(environ: t.Any, start_response: t.Any) -> list[bytes]:
+        raise ZeroDivisionError("plain")
+
+    gate = DebuggerGate(broken, debugger=True)
+    try:
+        response = Client(gate).get("/", environ_base=LOOPBACK)
+        assert response.status_code == 500
+        assert "ZeroDivisionError" in response.get_data(as_text=True)
+    finally:
+        gate.close()
+
+
+# -- allowed clients -------------------------------------------------------------------
+
+
+def test_client_outside_allowed_networks(make: t.Callable[..., Harness]) -> None:
+    h = make()
+    secret, _ = h.traceback()
+    with capture_logs() as logs, capture_signals() as sent:
+        assert_envelope(h.get("/boom", **FOREIGN), 500)
+        assert_envelope(h.get("/boom" + RESOURCE, **FOREIGN), 404)
+        assert_envelope(h.pinauth(secret, h.pin(), **FOREIGN), 404)
+    assert refusals(logs) == ["client", "client"]
+    assert [
+        s.kwargs["reason"] for s in sent if s.name == "debugger-client-refused"
+    ] == [
+        "client",
+        "client",
+    ]
+    assert [
+        s.kwargs["client"] for s in sent if s.name == "debugger-client-refused"
+    ] == ["203.0.113.7"] * 2
+
+
+def test_second_loopback_address_excluded_by_allow_list(
+    make: t.Callable[..., Harness],
+) -> None:
+    h = make(debugger_allow="127.0.0.1/32")
+    h.traceback()  # 127.0.0.1 still allowed
+    other = {"REMOTE_ADDR": "127.0.0.2"}
+    assert_envelope(h.get("/boom", **other), 500)
+    with capture_logs() as logs:
+        assert_envelope(h.get("/boom" + RESOURCE, **other), 404)
+    assert refusals(logs) == ["client"]
+
+
+def test_more_networks_allowed(make: t.Callable[..., Harness]) -> None:
+    h = make(debugger_allow="127.0.0.0/8, 10.0.0.0/8")
+    h.traceback(REMOTE_ADDR="10.1.2.3")
+    assert h.get("/boom" + RESOURCE, REMOTE_ADDR="10.1.2.3").status_code == 200
+    assert h.get("/boom" + RESOURCE, REMOTE_ADDR="::ffff:10.1.2.3").status_code == 200
+    assert_envelope(h.get("/boom" + RESOURCE, REMOTE_ADDR="11.0.0.1"), 404)
+
+
+def test_spoofed_x_forwarded_for_is_ignored(make: t.Callable[..., Harness]) -> None:
+    h = make()
+    spoofed = {**FOREIGN, "HTTP_X_FORWARDED_FOR": "127.0.0.1"}
+    with capture_logs() as logs:
+        assert_envelope(h.get("/boom", **spoofed), 500)
+        assert_envelope(h.get("/boom" + RESOURCE, **spoofed), 404)
+    assert refusals(logs) == ["client"]
+
+
+def test_trusted_proxy_only_the_hop_after_it_counts(
+    make: t.Callable[..., Harness],
+) -> None:
+    h = make(debugger_trusted_proxies="10.0.0.0/24")
+    proxy = "10.0.0.5"
+    # The proxy appended the real client; what the client sent is to the left.
+    real = {"REMOTE_ADDR": proxy, "HTTP_X_FORWARDED_FOR": "198.51.100.1, 127.0.0.1"}
+    assert h.get("/boom" + RESOURCE, **real).status_code == 200
+    spoof = {"REMOTE_ADDR": proxy, "HTTP_X_FORWARDED_FOR": "127.0.0.1, 198.51.100.1"}
+    assert_envelope(h.get("/boom" + RESOURCE, **spoof), 404)
+    # Not from the trusted proxy: the header is ignored altogether.
+    direct = {"REMOTE_ADDR": "10.0.1.5", "HTTP_X_FORWARDED_FOR": "127.0.0.1"}
+    assert_envelope(h.get("/boom" + RESOURCE, **direct), 404)
+
+
+# -- trusted hosts ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "trusted"),
+    [
+        pytest.param("localhost", True, id="localhost"),
+        pytest.param("127.0.0.1:8000", True, id="loopback-ip"),
+        pytest.param("[::1]:8000", True, id="ipv6-loopback"),
+        pytest.param("app.localhost", True, id="localhost-subdomain"),
+        pytest.param("evil.example", False, id="foreign"),
+        pytest.param("127.0.0.1.evil.example", False, id="rebinding-name"),
+        pytest.param("localhost:99999", False, id="bad-port"),
+        pytest.param("", False, id="empty"),
+    ],
+)
+def test_foreign_host_refused(
+    make: t.Callable[..., Harness], host: str, trusted: bool
+) -> None:
+    h = make()
+    environ = {"HTTP_HOST": host}
+    with capture_logs() as logs:
+        response = h.get("/boom" + RESOURCE, **environ)
+    if trusted:
+        assert response.status_code == 200
+        assert refusals(logs) == []
+    else:
+        assert_envelope(response, 404)
+        assert refusals(logs) == ["host"]
+        # No traceback page either: the envelope, as without a debugger.
+        assert_envelope(h.get("/boom", **environ), 500)
+
+
+def test_extra_hosts(make: t.Callable[..., Harness]) -> None:
+    h = make(debugger_hosts="*.staging.example, debug-box")
+    for host in ("staging.example", "a.staging.example", "debug-box:8000"):
+        assert h.get("/boom" + RESOURCE, HTTP_HOST=host).status_code == 200
+    assert_envelope(h.get("/boom" + RESOURCE, HTTP_HOST="example"), 404)
+
+
+# -- one process -----------------------------------------------------------------------
+
+
+def test_multiprocess_request_refused(make: t.Callable[..., Harness]) -> None:
+    h = make()
+    environ = {"wsgi.multiprocess": True}
+    with capture_logs() as logs:
+        assert_envelope(h.get("/boom", **environ), 500)
+        assert_envelope(h.get("/boom" + RESOURCE, **environ), 404)
+    (event,) = [e for e in logs if e["event"] == "debugger_client_refused"]
+    assert event["reason"] == "multiprocess"
+    assert "--worker-class sync --workers 1 --timeout 3600" in event["message"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        pytest.param(
+            ["/venv/bin/gunicorn", "-w", "4", "-b", "127.0.0.1:8000", "app:app"],
+            "gunicorn --worker-class sync --workers 1 --timeout 3600"
+            " -b 127.0.0.1:8000 app:app",
+            id="short-options",
+        ),
+        pytest.param(
+            ["gunicorn", "--workers=3", "-k", "gthread", "--threads", "8", "m:a"],
+            "gunicorn --worker-class sync --workers 1 --timeout 3600 m:a",
+            id="long-options",
+        ),
+        pytest.param(
+            ["/x/lib/python3.11/site-packages/gunicorn/__main__.py", "-w2", "m:a"],
+            "gunicorn --worker-class sync --workers 1 --timeout 3600 m:a",
+            id="python-m",
+        ),
+        pytest.param(
+            ["pytest"],
+            "gunicorn --worker-class sync --workers 1 --timeout 3600 MODULE:APP",
+            id="not-gunicorn",
+        ),
+    ],
+)
+def test_one_process_command(argv: list[str], expected: str) -> None:
+    assert one_process_command(argv) == expected
+
+
+# -- expiry ----------------------------------------------------------------------------
+
+
+def test_expires_by_itself(make: t.Callable[..., Harness]) -> None:
+    h = make(debugger_ttl=0.5)
+    lock = h.gate.pin_lock
+    assert lock is not None and lock.pin_file is not None
+    secret, frame = h.traceback()
+    assert h.pinauth(secret, h.pin()).get_json()["auth"] is True
+    with capture_logs() as logs, capture_signals() as sent:
+        deadline = time.monotonic() + 5
+        while h.gate.active and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not h.gate.active
+        assert_envelope(h.command(secret, frame, "answer"), 404)
+        assert_envelope(h.get("/boom" + RESOURCE), 404)
+        assert_envelope(h.get("/boom"), 500)  # back to the envelope
+    assert [e["reason"] for e in logs if e["event"] == "debugger_disabled"] == [
+        "expired"
+    ]
+    assert [s.kwargs for s in sent if s.name == "debugger-disabled"] == [
+        {"reason": "expired"}
+    ]
+    assert not os.path.exists(lock.pin_file)
+    assert h.gate.debugger is not None and h.gate.debugger.frames == {}
+    assert h.app.config["PROPAGATE_EXCEPTIONS"] is None  # restored
+
+
+# -- production and start-up refusals --------------------------------------------------
+
+
+def test_production_refused_without_override(make: t.Callable[..., Harness]) -> None:
+    with pytest.raises(DiagConfigError, match="FLASK_DIAG_DEBUGGER_IN_PRODUCTION"):
+        make(env="production")
+    h = make(env="production", debugger_in_production=True)
+    assert h.gate.active
+    h.traceback()
+
+
+def test_production_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLASK_DIAG_DEBUGGER", "on")
+    monkeypatch.setenv("FLASK_DIAG_ENV", "production")
+    app = Flask("prod")
+    with pytest.raises(DiagConfigError, match="refuses it in production"):
+        Diag(app)
+
+
+@pytest.mark.parametrize("value", ["off", "OFF", "123-456-789"])
+def test_werkzeug_debug_pin_refused(
+    monkeypatch: pytest.MonkeyPatch, make: t.Callable[..., Harness], value: str
+) -> None:
+    monkeypatch.setenv("WERKZEUG_DEBUG_PIN", value)
+    with pytest.raises(DiagConfigError, match="WERKZEUG_DEBUG_PIN"):
+        make()
+
+
+@pytest.mark.parametrize("pin", ["", "off", "1234", "short-7", "has space 123"])
+def test_weak_or_empty_pin_refused(monkeypatch: pytest.MonkeyPatch, pin: str) -> None:
+    monkeypatch.setenv("FLASK_DIAG_DEBUGGER", "on")
+    monkeypatch.setenv("FLASK_DIAG_DEBUGGER_PIN", pin)
+    with pytest.raises(DiagConfigError, match="FLASK_DIAG_DEBUGGER_PIN"):
+        Diag(Flask("weak"))
+
+
+def test_operator_pin_no_file(make: t.Callable[..., Harness]) -> None:
+    h = make(debugger_pin=PIN)
+    lock = h.gate.pin_lock
+    assert lock is not None and lock.pin_file is None
+    secret, frame = h.traceback()
+    assert h.pinauth(secret, PIN).get_json()["auth"] is True
+    assert "42" in h.command(secret, frame, "answer + 1").get_data(as_text=True)
+
+
+# -- brute force -----------------------------------------------------------------------
+
+
+def test_brute_force_locks_without_sleeping(make: t.Callable[..., Harness]) -> None:
+    h = make()
+    secret, frame = h.traceback()
+    with capture_logs() as logs:
+        for i in range(20):
+            started = time.perf_counter()
+            response = h.pinauth(secret, f"{i:04d}-0000-0000")
+            elapsed = time.perf_counter() - started
+            assert elapsed < FAST, f"attempt {i} took {elapsed:.3f}s"
+            assert response.get_json()["auth"] is False
+            assert "Set-Cookie" not in response.headers
+        # Locked: even the right PIN is refused now.
+        right = h.pinauth(secret, h.pin())
+    assert right.get_json() == {"auth": False, "exhausted": True}
+    assert "Set-Cookie" not in right.headers
+    assert h.command(secret, frame, "answer").status_code == 403
+    refused = [e for e in logs if e["event"] == "debugger_pin_refused"]
+    assert len(refused) == 21
+    assert [e["locked"] for e in refused[:5]] == [False] * 4 + [True]
+    assert all(e["locked"] for e in refused[5:])
+    assert not [e for e in logs if e["event"] == "debugger_pin_accepted"]
+
+
+def test_cookie_of_an_earlier_activation_refused(
+    make: t.Callable[..., Harness],
+) -> None:
+    first = make(debugger_pin=PIN)
+    secret, _ = first.traceback()
+    cookie = first.pinauth(secret, PIN).headers["Set-Cookie"]
+    name, _, rest = cookie.partition("=")
+    value = rest.split(";", 1)[0]
+    first_lock = first.gate.pin_lock
+    assert first_lock is not None and first_lock.cookie_valid(value)
+    first.gate.close()
+    second = make(debugger_pin=PIN)  # same operator PIN, new activation
+    lock = second.gate.pin_lock
+    assert lock is not None and lock.cookie_name != name
+    secret2, frame2 = second.traceback()
+    for cookie_name in (name, lock.cookie_name):  # as sent, and renamed
+        second.client.set_cookie(cookie_name, value)
+        assert second.command(secret2, frame2, "answer").status_code == 403
+    assert not lock.cookie_valid(value)
+    # A forged cookie with a plausible timestamp fails too.
+    assert not lock.cookie_valid(f"{int(time.time())}|{value.partition('|')[2]}")
+
+
+def test_pin_lock_unit() -> None:
+    lock = PinLock("abcd-efgh-1234", ttl=60, pin_file=None, max_failures=2, lockout=60)
+    assert lock.attempt("abcdefgh1234").accepted  # dashes do not count
+    assert not lock.attempt("x").locked
+    second = lock.attempt("y")
+    assert second.locked and not second.accepted
+    assert not lock.attempt("abcd-efgh-1234").accepted  # locked
+    assert lock.locked()
+    assert not lock.cookie_valid("garbage") and not lock.cookie_valid(None)
+
+
+# -- kept tracebacks, routes -----------------------------------------------------------
+
+
+def test_tracebacks_kept_are_capped(make: t.Callable[..., Harness]) -> None:
+    h = make(debugger_frames=2)
+    debugger = h.gate.debugger
+    assert debugger is not None
+    secret, first_frame = h.traceback()
+    per_traceback = len(debugger.frames)
+    for _ in range(4):
+        h.traceback()
+    assert debugger.traceback_count == 2
+    assert len(debugger.frames) == 2 * per_traceback
+    assert int(first_frame) not in debugger.frames
+    assert h.pinauth(secret, h.pin()).get_json()["auth"] is True
+    assert h.command(secret, first_frame, "answer").status_code == 404
+
+
+def test_unmatched_debugger_requests_never_rerun_the_view(
+    make: t.Callable[..., Harness],
+) -> None:
+    h = make()
+    secret, frame = h.traceback()
+    assert h.calls == 1
+    for query in (
+        "?__debugger__=yes",
+        "?__debugger__=yes&cmd=answer&frm=1&s=" + secret,  # no such frame
+        f"?__debugger__=yes&cmd=answer&frm={frame}&s=wrong",  # wrong secret
+        f"?__debugger__=yes&cmd=pinauth&pin={h.pin()}",  # no secret
+        "?%5F%5Fdebugger%5F%5F=yes&cmd=x&frm=1&s=" + secret,  # encoded
+    ):
+        response = h.get("/boom" + query)
+        assert response.status_code in (403, 404), query
+    assert h.calls == 1
+
+
+def test_console_off_unless_asked(make: t.Callable[..., Harness]) -> None:
+    h = make()
+    assert_envelope(h.get("/console"), 404)
+    h2 = make(debugger_console=True)
+    page = h2.get("/console")
+    assert page.status_code == 200 and "Console Locked" in page.get_data(as_text=True)
+    assert_envelope(h2.get("/console", **FOREIGN), 404)
+    secret = re.search(r'SECRET = "([^"]+)"', page.get_data(as_text=True))
+    assert secret is not None
+    assert h2.pinauth(secret.group(1), h2.pin()).get_json()["auth"] is True
+    result = h2.get(f"/console?__debugger__=yes&cmd=6*7&frm=0&s={secret.group(1)}")
+    assert "42" in result.get_data(as_text=True)
+
+
+def test_printpin_never_prints_it(make: t.Callable[..., Harness]) -> None:
+    h = make()
+    secret, _ = h.traceback()
+    with capture_logs() as logs:
+        response = h.get(f"/boom?__debugger__=yes&cmd=printpin&s={secret}")
+    assert response.status_code == 200 and response.get_data() == b""
+    (event,) = [e for e in logs if e["event"] == "debugger_pin_requested"]
+    assert event["pin_file"] == h.gate.pin_lock.pin_file  # type: ignore[union-attr]
+
+
+# -- audit trail -----------------------------------------------------------------------
+
+
+def test_every_event_logged_and_signalled_never_the_pin(
+    make: t.Callable[..., Harness], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG")
+    with capture_logs() as logs, capture_signals() as sent:
+        h = make()
+        pin = h.pin()
+        secret, frame = h.traceback()
+        h.pinauth(secret, "9999-9999-9999")
+        h.pinauth(secret, pin)
+        h.command(secret, frame, "answer * 2")
+        h.get("/boom" + RESOURCE, **FOREIGN)
+        h.get(f"/boom?__debugger__=yes&cmd=printpin&s={secret}")
+        h.gate.close()
+    names = [e["event"] for e in logs if e["event"].startswith("debugger_")]
+    assert names == [
+        "debugger_enabled",
+        "debugger_pin_refused",
+        "debugger_pin_accepted",
+        "debugger_command",
+        "debugger_client_refused",
+        "debugger_pin_requested",
+        "debugger_disabled",
+    ]
+    enabled = logs[names.index("debugger_enabled")]
+    assert enabled["log_level"] == "critical"
+    assert enabled["pin_file"] == h.gate.pin_lock.pin_file  # type: ignore[union-attr]
+    command = next(e for e in logs if e["event"] == "debugger_command")
+    assert command["command"] == "answer * 2" and command["client"] == "127.0.0.1"
+    assert re.fullmatch(r"[0-9a-f]{32}", command["request_id"])
+    signals = [s for s in sent if s.name.startswith("debugger-")]
+    assert [s.name for s in signals] == [
+        "debugger-enabled",
+        "debugger-pin-refused",
+        "debugger-pin-accepted",
+        "debugger-command",
+        "debugger-client-refused",
+        "debugger-disabled",
+    ]
+    kwargs = {s.name: s.kwargs for s in signals}
+    assert set(kwargs["debugger-enabled"]) == {"pin_file", "expires_at", "allow"}
+    assert set(kwargs["debugger-pin-refused"]) == {
+        "environ",
+        "client",
+        "failures",
+        "locked",
+    }
+    assert kwargs["debugger-command"]["command"] == "answer * 2"
+    assert kwargs["debugger-command"]["request_id"] == command["request_id"]
+    # The PIN in no captured record, structlog's or the stdlib's.
+    everything = repr(logs) + repr([r.__dict__ for r in caplog.records])
+    assert pin not in everything and pin.replace("-", "") not in everything
+
+
+def test_raising_signal_receiver_changes_nothing(
+    make: t.Callable[..., Harness],
+) -> None:
+    h = make()
+    secret, _ = h.traceback()
+
+    def broken(sender: object, **kwargs: t.Any) -> None:
+        raise RuntimeError("receiver bug")
+
+    debugger_pin_refused.connect(broken)
+    try:
+        with capture_logs() as logs:
+            response = h.pinauth(secret, "1234-1234-1234")
+    finally:
+        debugger_pin_refused.disconnect(broken)
+    assert response.get_json() == {"auth": False, "exhausted": False}
+    assert any(e["event"] == "flask_diag internal error" for e in logs)
