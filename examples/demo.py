@@ -7,7 +7,8 @@ directly with an environment that has flask_diag and gunicorn installed::
     python examples/demo.py errors     # one of them (or several)
 
 Scenarios: ``secret-key`` (pitfall 1), ``self-call`` (pitfall 2),
-``debugger`` (pitfall 3), ``errors`` (pitfall 5), ``workers`` (pitfall 7).
+``debugger`` (pitfall 3), ``errors`` (pitfall 5), ``workers`` (pitfall 7),
+``doctor`` (``flask diag check`` and ``flask diag probe`` on the examples).
 
 Every server listens on 127.0.0.1 only, on a free port, and is stopped by
 its process id when its scenario ends, also on Ctrl-C or a failure.
@@ -585,12 +586,90 @@ def scenario_debugger() -> None:
     say("    " + command.strip())
 
 
+DOCTOR_CASES = (
+    # (example folder, app, --server command or None)
+    ("pitfall1_secret_key", "app:app", None),
+    ("pitfall2_selfcall", "app:app", "gunicorn -w 1 --timeout 30 app:app"),
+    ("pitfall3_debugger", "wsgi_exposed:application", None),
+    ("pitfall4_pdb", "app:app", None),
+    ("pitfall5_errors", "app:app", None),
+    ("pitfall6_session", "app:app", None),
+    ("pitfall7_cars", "app:app", "gunicorn -w 4 app:app"),
+)
+
+
+def doctor(folder: str, app: str, server: str | None) -> dict[str, t.Any] | None:
+    """``python -m flask_diag check --format json`` on one example."""
+    command = [sys.executable, "-m", "flask_diag", "check", "--format", "json"]
+    if server:
+        command += ["--server", server]
+    done = subprocess.run(
+        [*command, app],
+        cwd=EXAMPLES / folder,
+        env={**os.environ, "SECRET_KEY": secrets.token_hex()},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if done.returncode not in (0, 1):
+        say(f"  {folder}: could not be checked: {done.stderr.strip()[-300:]}")
+        return None
+    return t.cast(dict[str, t.Any], json.loads(done.stdout))
+
+
+def scenario_doctor() -> None:
+    title("flask diag check: the pitfalls found before the first request")
+    say("python -m flask_diag check MODULE:APP imports each example the way")
+    say("gunicorn does and reads its source; the fixed versions (app_fixed.py)")
+    say("give no finding.")
+    for folder, app, server in DOCTOR_CASES:
+        if not (EXAMPLES / folder).is_dir():
+            continue
+        shown = f"--server {server!r} " if server else ""
+        say(f"\n$ cd examples/{folder}; python -m flask_diag check {shown}{app}")
+        report = doctor(folder, app, server)
+        if report is None:
+            continue
+        for finding in report["findings"]:
+            where = f"{finding['file']}:{finding['line']}" if finding["line"] else ""
+            say(
+                textwrap.shorten(
+                    f"  {finding['id']} {finding['level']:<7} {where} "
+                    f"{finding['message']}",
+                    width=150,
+                    placeholder=" ...",
+                )
+            )
+        fixed = EXAMPLES / folder / "app_fixed.py"
+        if fixed.exists():
+            clean = doctor(folder, "app_fixed:app", None)
+            if clean is not None:
+                count = len(clean["findings"])
+                say(f"  app_fixed.py: {count} finding{'s' * (count != 1)}")
+
+    title("flask diag probe: which workers answer (gunicorn -w 4, then -w 1)")
+    for workers in ("4", "1"):
+        cwd = EXAMPLES / "pitfall7_cars"
+        with gunicorn("app:app", "-w", workers, cwd=cwd) as server:
+            probe = subprocess.run(
+                [sys.executable, "-m", "flask_diag", "probe", server.url + "/cars"]
+                + ["-n", "40"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+        say("$ python -m flask_diag probe <url>/cars -n 40")
+        for line in probe.stdout.strip().splitlines():
+            say("  " + line)
+
+
 SCENARIOS: dict[str, Callable[[], None]] = {
     "secret-key": scenario_secret_key,
     "self-call": scenario_self_call,
     "debugger": scenario_debugger,
     "errors": scenario_errors,
     "workers": scenario_workers,
+    "doctor": scenario_doctor,
 }
 
 

@@ -4,6 +4,8 @@
 
     $ python -m flask_diag pdb 4444          # attach to a remote pdb session
     $ python -m flask_diag pdb --help
+    $ python -m flask_diag check app:app --server "gunicorn -w 4 app:app"
+    $ python -m flask_diag probe http://127.0.0.1:8000/ -n 40 --session
 
 Each tool is a subcommand with its own ``_add_<name>`` function below; add
 one there and register it in :func:`build_parser`.
@@ -26,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, title="commands")
     _add_pdb(commands)
+    _add_check(commands)
+    _add_probe(commands)
     return parser
 
 
@@ -76,6 +80,117 @@ def _run_pdb(args: argparse.Namespace) -> int:
         wait=args.wait,
         history=args.history or None,
     )
+
+
+def _add_format(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="json: a stable document for CI (default: %(default)s)",
+    )
+
+
+def _add_check(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "check",
+        help="find deployment pitfalls in a WSGI app before the first request",
+        description="Import MODULE:APP the way gunicorn does (as a module, never"
+        " as __main__) and check the app, its source and the server it will run"
+        " under. Exit status 1 when any error is found, 2 when the app cannot be"
+        " imported.",
+    )
+    parser.add_argument("app", metavar="MODULE:APP", help="as gunicorn takes it")
+    parser.add_argument("--chdir", metavar="DIR", help="import from DIR")
+    parser.add_argument(
+        "--server",
+        metavar="COMMAND|FILE",
+        help='the server command ("gunicorn -w 4 --timeout 30 app:app") or a'
+        " gunicorn config (.py) / uWSGI .ini file",
+    )
+    parser.add_argument(
+        "--https", action="store_true", help="the app is served over HTTPS"
+    )
+    _add_format(parser)
+    parser.add_argument(
+        "--ignore",
+        action="append",
+        default=[],
+        metavar="DIAG0XX",
+        help="silence a check (repeatable, or comma-separated)",
+    )
+    colour = parser.add_mutually_exclusive_group()
+    colour.add_argument("--color", dest="color", action="store_true", default=None)
+    colour.add_argument("--no-color", dest="color", action="store_false")
+    parser.set_defaults(run=_run_check)
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    from .doctor import check_import
+    from .doctor import LoadError
+    from .doctor import ServerSpecError
+
+    ignore = [p for value in args.ignore for p in value.split(",") if p.strip()]
+    try:
+        report = check_import(
+            args.app,
+            chdir=args.chdir,
+            server=args.server,
+            https=args.https,
+            ignore=ignore,
+        )
+    except (LoadError, ServerSpecError, ValueError) as exc:
+        sys.stderr.write(f"python -m flask_diag check: error: {exc}\n")
+        return 2
+    report.echo(fmt=args.format, color=args.color)
+    return report.exit_code
+
+
+def _add_probe(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "probe",
+        help="which worker processes and threads answer a URL",
+        description="Send N requests (each on a new connection, with a timeout)"
+        " and count the X-Diag-PID / X-Diag-Thread headers of the answers.",
+    )
+    parser.add_argument("url")
+    parser.add_argument("-n", type=int, default=40, dest="count", help="default: 40")
+    parser.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds per request (5)"
+    )
+    parser.add_argument(
+        "--session", action="store_true", help="keep one cookie jar (one client)"
+    )
+    parser.add_argument(
+        "-c",
+        "--concurrency",
+        type=int,
+        default=4,
+        help="requests in flight at once (default: 4)",
+    )
+    _add_format(parser)
+    parser.set_defaults(run=_run_probe)
+
+
+def _run_probe(args: argparse.Namespace) -> int:
+    from .probe import probe
+
+    try:
+        result = probe(
+            args.url,
+            count=args.count,
+            timeout=args.timeout,
+            session=args.session,
+            concurrency=args.concurrency,
+        )
+    except ValueError as exc:
+        sys.stderr.write(f"python -m flask_diag probe: error: {exc}\n")
+        return 2
+    if args.format == "json":
+        print(result.as_json())
+    else:
+        print("\n".join(result.text()))
+    return result.exit_code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,6 +13,7 @@ import typing as t
 import pytest
 import structlog
 from flask import Flask
+from postgres_server import *  # noqa: F403
 from sentry_endpoint import *  # noqa: F403
 from servers import *  # noqa: F403
 

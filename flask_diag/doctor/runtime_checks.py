@@ -1,0 +1,251 @@
+"""Runtime checks: the imported app object, as the server would serve it.
+
+Nothing is served and no request is made: the checks read the app's
+configuration, walk its chain of WSGI wrappers and load flask_diag's
+settings the way :class:`~flask_diag.Diag` would::
+
+    result = check(loaded.wsgi, loaded.flask_app, static, https=True)
+    result.findings     # DIAG001-DIAG010
+    result.debugging    # a debugger or remote pdb is on (for server checks)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing as t
+
+from ..exceptions import DiagConfigError
+from ..settings import Settings
+from .findings import Finding
+from .loader import next_in_chain
+from .static_checks import StaticResult
+
+__all__ = ["RuntimeResult", "check"]
+
+_PLACEHOLDERS = frozenset(
+    {
+        "dev",
+        "development",
+        "secret",
+        "secret-key",
+        "secret_key",
+        "secretkey",
+        "changeme",
+        "change-me",
+        "change_me",
+        "your-secret-key",
+        "default",
+        "test",
+        "testing",
+        "password",
+        "key",
+    }
+)
+#: Shorter keys are weak: ``secrets.token_hex()`` gives 64 characters.
+MIN_SECRET_LENGTH = 24
+
+
+@dataclasses.dataclass
+class RuntimeResult:
+    """What :func:`check` found."""
+
+    findings: list[Finding] = dataclasses.field(default_factory=list)
+    #: A debugger (werkzeug's or flask_diag's) is reachable.
+    debugger: bool = False
+    #: flask_diag's remote pdb is on.
+    pdb: bool = False
+
+
+def _where(lines: list[tuple[str, int]]) -> tuple[str | None, int | None]:
+    return lines[0] if lines else (None, None)
+
+
+def weak_secret(key: str | bytes) -> str | None:
+    """Why ``key`` is weak, or ``None``. The key itself is never shown."""
+    text = key.decode("latin-1") if isinstance(key, bytes) else str(key)
+    if text.strip().lower() in _PLACEHOLDERS or text.lower().startswith(
+        ("dev-", "dev_", "change", "your-")
+    ):
+        return "it is a placeholder"
+    if len(set(text)) < 5:
+        return "it has fewer than 5 different characters"
+    if len(text) < MIN_SECRET_LENGTH:
+        return f"it is {len(text)} characters long (use at least {MIN_SECRET_LENGTH})"
+    return None
+
+
+def _debugged_application(wsgi: t.Any) -> bool:
+    from werkzeug.debug import DebuggedApplication
+
+    seen: set[int] = set()
+    obj = wsgi
+    for _ in range(30):
+        if obj is None or id(obj) in seen:
+            return False
+        seen.add(id(obj))
+        # flask_diag's own gated debugger wraps werkzeug's: that one is
+        # reported as DIAG005, not as a bare DebuggedApplication.
+        if type(obj).__module__.startswith("flask_diag"):
+            if type(obj).__name__.lower().startswith("debugger"):
+                return False
+        if isinstance(obj, DebuggedApplication):
+            return True
+        obj = next_in_chain(obj)
+    return False
+
+
+def _settings(flask_app: t.Any) -> Settings:
+    diag = flask_app.extensions.get("diag") if flask_app is not None else None
+    if diag is not None and hasattr(diag, "settings_for"):
+        settings: Settings = diag.settings_for(flask_app)
+        return settings
+    config = flask_app.config if flask_app is not None else None
+    return Settings.load(environ=os.environ, config=config)
+
+
+def check(
+    wsgi: t.Any,
+    flask_app: t.Any,
+    static: StaticResult,
+    *,
+    https: bool = False,
+) -> RuntimeResult:
+    """The runtime checks of one app (``flask_app`` ``None`` for non-Flask)."""
+    result = RuntimeResult()
+    add = result.findings.append
+    file, line = _where(static.flask_lines)
+
+    if _debugged_application(wsgi):
+        result.debugger = True
+        dfile, dline = _where(static.debugger_lines)
+        add(
+            Finding.of(
+                "DIAG004",
+                "the WSGI app is wrapped in werkzeug's DebuggedApplication: "
+                "whoever reaches it runs Python code in the worker",
+                file=dfile or file,
+                line=dline if dfile else line,
+            )
+        )
+    if os.environ.get("WERKZEUG_DEBUG_PIN", "").strip().lower() == "off":
+        add(
+            Finding.of(
+                "DIAG004",
+                "WERKZEUG_DEBUG_PIN=off: werkzeug's debugger console needs no PIN",
+            )
+        )
+
+    try:
+        settings = _settings(flask_app)
+    except DiagConfigError as exc:
+        add(Finding.of("DIAG006", f"flask_diag refuses to start: {exc}"))
+    else:
+        if settings.enabled and settings.debugger:
+            result.debugger = True
+            if settings.env == "production" and not settings.debugger_in_production:
+                add(
+                    Finding.of(
+                        "DIAG006",
+                        "flask_diag refuses to start its debugger: "
+                        "FLASK_DIAG_DEBUGGER=on where FLASK_DIAG_ENV=production "
+                        "needs FLASK_DIAG_DEBUGGER_IN_PRODUCTION=on too",
+                    )
+                )
+            else:
+                add(
+                    Finding.of(
+                        "DIAG005",
+                        "FLASK_DIAG_DEBUGGER is on: a PIN-gated Python console "
+                        f"for {settings.debugger_ttl:g} seconds after start-up",
+                    )
+                )
+        result.pdb = settings.enabled and settings.pdb
+
+    if flask_app is None:
+        return result
+
+    secret = flask_app.secret_key
+    needs_secret = static.uses_session or any(
+        name in flask_app.extensions for name in ("login_manager", "csrf")
+    )
+    if not secret and needs_secret:
+        where = static.secret_under_main[:1] or static.flask_lines[:1]
+        sfile, sline = where[0] if where else (file, line)
+        add(
+            Finding.of(
+                "DIAG001",
+                "the app has no secret key once imported, and it uses the "
+                "session: every request that writes it fails with a 500"
+                + (
+                    " (the key is set only under __main__)"
+                    if static.secret_under_main
+                    else ""
+                ),
+                file=sfile,
+                line=sline,
+            )
+        )
+    elif secret:
+        why = weak_secret(secret)
+        if why:
+            add(
+                Finding.of(
+                    "DIAG002",
+                    f"the secret key is weak: {why}",
+                    file=file,
+                    line=line,
+                )
+            )
+    if flask_app.debug:
+        add(
+            Finding.of(
+                "DIAG003",
+                "app.debug is on once imported: tracebacks (and with the "
+                "development server, the debugger) for everybody",
+                file=file,
+                line=line,
+            )
+        )
+    config = flask_app.config
+    if config.get("TESTING"):
+        add(
+            Finding.of(
+                "DIAG010",
+                "TESTING is on: exceptions propagate instead of answering 500",
+                file=file,
+                line=line,
+            )
+        )
+    https = https or config.get("PREFERRED_URL_SCHEME") == "https"
+    if https and not config.get("SESSION_COOKIE_SECURE"):
+        add(
+            Finding.of(
+                "DIAG007",
+                "HTTPS deployment, but SESSION_COOKIE_SECURE is off: the "
+                "session cookie is also sent over plain HTTP",
+                file=file,
+                line=line,
+            )
+        )
+    if not config.get("SESSION_COOKIE_HTTPONLY", True):
+        add(
+            Finding.of(
+                "DIAG008",
+                "SESSION_COOKIE_HTTPONLY is off: scripts on the page can read "
+                "the session cookie",
+                file=file,
+                line=line,
+            )
+        )
+    if https and not config.get("SESSION_COOKIE_SAMESITE"):
+        add(
+            Finding.of(
+                "DIAG009",
+                "HTTPS deployment, but SESSION_COOKIE_SAMESITE is unset: "
+                "other sites' forms send the session cookie along",
+                file=file,
+                line=line,
+            )
+        )
+    return result

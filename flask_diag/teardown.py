@@ -1,0 +1,712 @@
+"""Session-teardown checks
+=======================
+
+Pitfall 6: a module-global SQLAlchemy ``session = Session()`` is shared by
+every request and thread; it keeps its connection checked out and its
+transaction open between requests, and after the database's idle timeout
+(MySQL's 8 h ``wait_timeout``, PostgreSQL's ``idle_session_timeout``) every
+request fails with "server has gone away" / "terminating connection due to
+idle-session timeout". Its relatives: connections left checked out, and
+transactions left open, at the end of a request.
+
+:class:`TeardownCheck` looks at the end of every request (when the response
+iterable is closed, so a streamed response is checked after its last chunk)
+for what the request should have released, and names it:
+
+``connection_checked_out``
+    a connection of a watched engine checked out during the request and
+    never returned, with the stack where it was checked out;
+``session_open``
+    a ``Session`` the request used that still has an open transaction or
+    pending changes (neither committed nor rolled back);
+``scoped_session_not_removed``
+    a ``scoped_session`` whose registry still holds the request's session
+    after teardown (``remove()`` never called);
+``shared_session``
+    a plain (not scoped) ``Session`` used by more than one request or
+    thread: the module-global session, named as such
+    (``module-global 'app.session'``);
+``no_secret_key``
+    (Flask) the app has no secret key: at start-up when its module sets it
+    only under ``if __name__ == "__main__":`` (pitfall 1), and at the first
+    request that uses ``flask.session`` (and fails for want of the key).
+
+Which engines and sessions are watched is opt-in::
+
+    diag = Diag(app)
+    diag.watch_engine(engine)            # pool events: connections
+    diag.watch_session(db_session)       # a scoped_session or sessionmaker
+
+    # plain WSGI (wrap() or the middleware alone)
+    application = wrap(application)
+    watch_engine(engine, application)
+
+Flask-SQLAlchemy's ``db`` (its engines and ``db.session``) is watched
+automatically. Nothing watched, the middleware costs one attribute check
+per request; SQLAlchemy is an optional extra, imported only when something
+is watched.
+
+Each finding is logged through the ``flask_diag`` structlog logger as one
+``teardown leak`` line (request id, pid, thread, what leaked, where),
+announced by :data:`~flask_diag.signals.teardown_leak` with a
+:class:`TeardownFinding`, and sent to Sentry as a warning when the
+application initialised sentry-sdk. ``FLASK_DIAG_TEARDOWN=raise`` (for test
+suites and CI) also answers the request with a 500 ``teardown_leak``
+problem: the response is then held (up to 1 MiB) until the app's iterable is
+exhausted, so that the status can still change.
+
+.. autoclass:: TeardownCheck
+.. autoclass:: TeardownFinding
+    :members:
+.. autoexception:: TeardownLeakError
+.. autofunction:: watch_engine
+.. autofunction:: watch_session
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import typing as t
+import weakref
+from threading import get_ident
+
+import sentry_sdk
+
+from . import sentry
+from .context import current_pid
+from .context import ENVIRON_KEY
+from .context import is_file_wrapper
+from .context import request_info
+from .context import thread_name
+from .internal import logger
+from .internal import report_internal_error
+from .problem import DiagHTTPError
+from .settings import Settings
+from .signals import send_safely
+from .signals import teardown_leak
+
+if t.TYPE_CHECKING:
+    from _typeshed import OptExcInfo
+    from _typeshed.wsgi import StartResponse
+    from _typeshed.wsgi import WSGIApplication
+    from _typeshed.wsgi import WSGIEnvironment
+
+__all__ = [
+    "TeardownCheck",
+    "TeardownFinding",
+    "TeardownLeakError",
+    "watch_engine",
+    "watch_session",
+]
+
+STATUS = 500
+CODE = "teardown_leak"
+#: How much of a response raise mode holds back while it waits for the end.
+HOLD_LIMIT = 1024 * 1024
+
+_KIND_TEXT = {
+    "connection_checked_out": "a database connection still checked out",
+    "session_open": "a session with an open transaction or pending changes",
+    "scoped_session_not_removed": "a scoped_session that was never removed",
+    "shared_session": "a session shared between requests or threads",
+    "no_secret_key": "no secret key for flask.session",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TeardownFinding:
+    """One resource that outlived its request (or the app's secret key).
+
+    Sent with :data:`~flask_diag.signals.teardown_leak` as ``finding``::
+
+        def on_leak(sender, environ, finding, **extra):
+            print(finding.kind, finding.what, finding.where)
+    """
+
+    #: ``connection_checked_out``, ``session_open``,
+    #: ``scoped_session_not_removed``, ``shared_session`` or ``no_secret_key``.
+    kind: str
+    #: What leaked, e.g. ``"connection of postgresql+psycopg://u:***@127.0.0.1/db"``.
+    what: str
+    #: One sentence: what is wrong and why it matters.
+    message: str
+    #: How to fix it.
+    fix: str
+    #: ``file:line in function`` of the app's code involved (the checkout,
+    #: the session's first use in the request, where the key is set).
+    where: str | None = None
+    #: The stack (outermost first) where the resource was taken.
+    stack: tuple[str, ...] = ()
+    #: The request, when the finding belongs to one.
+    request_id: str | None = None
+    method: str | None = None
+    path: str | None = None
+    pid: int = 0
+    thread: str = ""
+    #: Extra facts: the engine URL (password hidden), the module-global
+    #: name holding a shared session, the threads and requests that used it.
+    details: t.Mapping[str, object] = dataclasses.field(default_factory=dict)
+
+
+class TeardownLeakError(DiagHTTPError):
+    """Raise mode: the request left something open. Answered ``500`` with
+    ``code: "teardown_leak"`` and the member ``leaks`` (the finding kinds);
+    where each resource was taken is in the log line, never in the body."""
+
+    def __init__(self, findings: t.Sequence[TeardownFinding]) -> None:
+        kinds = list(dict.fromkeys(f.kind for f in findings))
+        listed = "; ".join(_KIND_TEXT.get(k, k) for k in kinds)
+        super().__init__(
+            STATUS,
+            CODE,
+            f"This request left resources open at its end: {listed}.",
+            hint=" ".join(dict.fromkeys(f.fix for f in findings)),
+            extra={"leaks": kinds},
+        )
+        self.findings = tuple(findings)
+
+
+# -- what is watched ----------------------------------------------------------------
+
+
+class _Request:
+    """One checked request, as the SQLAlchemy listeners see it."""
+
+    __slots__ = ("environ", "ident", "checkouts", "sessions", "sessions_done")
+
+    def __init__(self, environ: WSGIEnvironment | None, ident: int) -> None:
+        self.environ = environ
+        self.ident = ident
+        #: Connection record -> where it was checked out.
+        self.checkouts: dict[object, t.Any] = {}
+        #: Session -> where the request first used it.
+        self.sessions: dict[object, t.Any] = {}
+        self.sessions_done = False
+
+
+class Watch:
+    """The engines and sessions one app (one :class:`~flask_diag.Diag`, or
+    one stack) watches, and its requests in flight, by thread."""
+
+    def __init__(self) -> None:
+        #: ``True`` once anything is watched: the middleware's one check.
+        self.active = False
+        #: Thread ident -> the request it is serving.
+        self.current: dict[int, _Request] = {}
+        self.engines: list[t.Any] = []
+        self.scoped: list[t.Any] = []
+        self.session_classes: set[type] = set()
+        self.lock = threading.Lock()
+
+    def watch_engine(self, engine: t.Any) -> None:
+        from . import teardown_sqlalchemy
+
+        teardown_sqlalchemy.watch_engine(self, engine)
+        self.active = True
+
+    def watch_session(self, factory: t.Any) -> None:
+        from . import teardown_sqlalchemy
+
+        teardown_sqlalchemy.watch_session(self, factory)
+        self.active = True
+
+    def check(self, request: _Request) -> list[TeardownFinding]:
+        if not request.checkouts and not request.sessions:
+            return []
+        from . import teardown_sqlalchemy
+
+        return teardown_sqlalchemy.check(self, request)
+
+
+_diag_watches: weakref.WeakKeyDictionary[object, Watch] = weakref.WeakKeyDictionary()
+_diag_lock = threading.Lock()
+
+
+def _watch_of(target: object) -> Watch | None:
+    """The :class:`Watch` of a Diag, a TeardownCheck or a stack holding one."""
+    if isinstance(target, Watch):
+        return target
+    if type(target).__name__ == "Diag" and hasattr(target, "init_app"):
+        with _diag_lock:
+            watch = _diag_watches.get(target)
+            if watch is None:
+                watch = _diag_watches[target] = Watch()
+            return watch
+    check = _find_check(target)
+    return check.watch if check is not None else None
+
+
+def _find_check(app: object) -> TeardownCheck | None:
+    """Follow ``.app`` (and Flask's ``.wsgi_app``) down to a TeardownCheck."""
+    if hasattr(app, "wsgi_app") and hasattr(app, "import_name"):
+        app = app.wsgi_app
+    for _ in range(32):
+        if isinstance(app, TeardownCheck):
+            return app
+        app = getattr(app, "app", None)
+        if app is None:
+            return None
+    return None
+
+
+def watch_engine(engine: t.Any, target: object) -> None:
+    """Report connections of ``engine`` (a SQLAlchemy ``Engine``) checked
+    out during a request and not returned at its end.
+
+    ``target`` is a :class:`~flask_diag.Diag`, or a stack built by
+    :func:`~flask_diag.wrap` (or any middleware chain holding a
+    :class:`TeardownCheck`)::
+
+        application = wrap(application)
+        watch_engine(engine, application)
+
+    Sessions bound to ``engine`` are checked too. Does nothing when the
+    target has no teardown check (``FLASK_DIAG_TEARDOWN=off``).
+    """
+    watch = _watch_of(target)
+    if watch is not None:
+        watch.watch_engine(engine)
+
+
+def watch_session(session_factory: t.Any, target: object) -> None:
+    """Report sessions of ``session_factory`` (a ``scoped_session`` or a
+    ``sessionmaker``) left open, and a scoped_session never removed, at the
+    end of a request. ``target`` as for :func:`watch_engine`."""
+    watch = _watch_of(target)
+    if watch is not None:
+        watch.watch_session(session_factory)
+
+
+# -- the middleware -------------------------------------------------------------------
+
+
+class TeardownCheck:
+    """Report what a request leaves behind: see the module's documentation.
+
+    :param app: the WSGI application to wrap.
+    :param settings: a :class:`~flask_diag.settings.Settings`; by default
+        loaded from the environment (``FLASK_DIAG_TEARDOWN``).
+    :param overrides: settings given in code, e.g. ``teardown="raise"``.
+
+    .. code-block:: python
+
+        application = TeardownCheck(application, teardown="raise")
+        application.watch_engine(engine)
+    """
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        *,
+        settings: Settings | None = None,
+        **overrides: object,
+    ) -> None:
+        if settings is None:
+            settings = Settings.load(overrides)
+        elif overrides:
+            settings = settings.replace(**overrides)
+        self.app = app
+        self.settings = settings
+        #: What this middleware watches; replaced by the Diag's own in
+        #: ``init_app`` so that ``diag.watch_engine`` reaches it.
+        self.watch = Watch()
+        self.off = settings.teardown == "off"
+        self.raise_mode = settings.teardown == "raise"
+        # One-time work for the first request (Flask: secret key,
+        # Flask-SQLAlchemy); ``None`` once done.
+        self.pending: list[t.Callable[[], object]] | None = None
+        self._pending_lock = threading.Lock()
+        self.key_reported = False
+        self.receivers: tuple[t.Callable[..., None], ...] = ()
+
+    def watch_engine(self, engine: t.Any) -> None:
+        """:func:`watch_engine` for this middleware."""
+        self.watch.watch_engine(engine)
+
+    def watch_session(self, session_factory: t.Any) -> None:
+        """:func:`watch_session` for this middleware."""
+        self.watch.watch_session(session_factory)
+
+    def __call__(
+        self, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> t.Iterable[bytes]:
+        if self.pending is not None:
+            self._first_request()
+        watch = self.watch
+        if not watch.active or self.off:
+            return self.app(environ, start_response)
+        if self.raise_mode:
+            return self._held(watch, environ, start_response)
+        ident = get_ident()
+        current = watch.current
+        previous = current.get(ident)
+        request = current[ident] = _Request(environ, ident)
+        try:
+            app_iter = self.app(environ, start_response)
+        except BaseException:
+            self.finish(request, previous)
+            raise
+        if is_file_wrapper(environ, app_iter):
+            self.finish(request, previous)  # the server sends it; we cannot wait
+            return app_iter
+        return _Closing(self, request, previous, app_iter, app_iter)
+
+    def _first_request(self) -> None:
+        with self._pending_lock:
+            pending, self.pending = self.pending, None
+        for task in pending or ():
+            try:
+                task()
+            except Exception as exc:
+                report_internal_error("teardown check at the first request", exc)
+
+    def finish(
+        self, request: _Request, previous: _Request | None
+    ) -> list[TeardownFinding]:
+        """End ``request``: restore the thread's previous request, check,
+        report. Returns the findings."""
+        current = self.watch.current
+        if request.ident == get_ident():
+            if previous is None:
+                current.pop(request.ident, None)
+            else:
+                current[request.ident] = previous
+        try:
+            findings = self.watch.check(request)
+        except Exception as exc:
+            report_internal_error("checking the end of a request", exc)
+            findings = []
+        environ = request.environ
+        for finding in findings:
+            report(finding, environ, self)
+        # A leaked connection keeps its record (and so this request) until
+        # it is checked in: do not keep the environ alive with it.
+        request.environ = None
+        return findings
+
+    # -- raise mode ------------------------------------------------------------
+
+    def _held(
+        self, watch: Watch, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> t.Iterable[bytes]:
+        ident = get_ident()
+        current = watch.current
+        previous = current.get(ident)
+        request = current[ident] = _Request(environ, ident)
+        held = _HeldStart(start_response)
+        try:
+            app_iter = self.app(environ, held)
+        except BaseException:
+            self.finish(request, previous)
+            raise
+        if held.committed or is_file_wrapper(environ, app_iter):
+            # Headers already out (the app used ``write()``), or a file the
+            # server sends itself: too late to change the status.
+            held.commit()
+            return _Closing(self, request, previous, app_iter, app_iter)
+        chunks: list[bytes] = []
+        size = 0
+        iterator = iter(app_iter)
+        try:
+            for chunk in iterator:
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > HOLD_LIMIT:
+                    break
+            else:
+                iterator = None  # type: ignore[assignment]
+        except BaseException:
+            _close(app_iter)
+            self.finish(request, previous)
+            raise
+        if iterator is not None:
+            # Too large to hold: sent as it is, checked at the end anyway.
+            held.commit()
+            body = _chain(chunks, iterator)
+            return _Closing(self, request, previous, body, app_iter)
+        try:
+            _close(app_iter)
+        finally:
+            findings = self.finish(request, previous)
+        if findings:
+            raise TeardownLeakError(findings)
+        held.commit()
+        return chunks
+
+
+def _chain(first: list[bytes], rest: t.Iterator[bytes]) -> t.Iterator[bytes]:
+    yield from first
+    yield from rest
+
+
+def _close(app_iter: t.Iterable[bytes]) -> None:
+    close = getattr(app_iter, "close", None)
+    if close is not None:
+        close()
+
+
+class _HeldStart:
+    """``start_response`` for raise mode: forwarded only once the body is
+    known to be clean (or when it cannot be held)."""
+
+    __slots__ = ("server", "args", "committed", "write")
+
+    def __init__(self, server: StartResponse) -> None:
+        self.server = server
+        self.args: tuple[str, list[tuple[str, str]], OptExcInfo | None] | None = None
+        self.committed = False
+        self.write: t.Callable[[bytes], object] | None = None
+
+    def __call__(
+        self,
+        status: str,
+        headers: list[tuple[str, str]],
+        exc_info: OptExcInfo | None = None,
+    ) -> t.Callable[[bytes], object]:
+        if self.committed:
+            return self.server(status, headers, exc_info)
+        self.args = (status, headers, exc_info)
+        return self._write
+
+    def _write(self, data: bytes) -> object:
+        # The legacy ``write()``: headers must go out now.
+        self.commit()
+        assert self.write is not None
+        return self.write(data)
+
+    def commit(self) -> None:
+        if not self.committed and self.args is not None:
+            self.committed = True
+            self.write = self.server(*self.args)
+
+
+class _Closing:
+    """The response iterable: iteration goes straight to the app's, and
+    ``close()`` ends the request."""
+
+    __slots__ = ("check", "request", "previous", "body", "app_iter")
+
+    def __init__(
+        self,
+        check: TeardownCheck,
+        request: _Request,
+        previous: _Request | None,
+        body: t.Iterable[bytes],
+        app_iter: t.Iterable[bytes],
+    ) -> None:
+        self.check = check
+        self.request = request
+        self.previous = previous
+        self.body = body
+        self.app_iter = app_iter
+
+    def __iter__(self) -> t.Iterator[bytes]:
+        return iter(self.body)
+
+    def close(self) -> None:
+        try:
+            _close(self.app_iter)
+        finally:
+            findings = self.check.finish(self.request, self.previous)
+            if findings and self.check.raise_mode:
+                logger.error(
+                    "teardown leak found after the response started",
+                    request_id=findings[0].request_id,
+                    hint="the status could no longer be changed to 500",
+                )
+
+
+# -- reporting -----------------------------------------------------------------------
+
+
+def request_fields(environ: WSGIEnvironment | None) -> dict[str, t.Any]:
+    """The request id, method, path, pid and thread of a finding."""
+    if environ is None:
+        return {"pid": current_pid(), "thread": thread_name()}
+    info = environ.get(ENVIRON_KEY) or request_info(environ)
+    return {
+        "request_id": info.request_id,
+        "method": info.method,
+        "path": info.path,
+        "pid": info.pid,
+        "thread": info.thread,
+    }
+
+
+def report(
+    finding: TeardownFinding, environ: WSGIEnvironment | None, sender: object
+) -> None:
+    """Log ``finding``, send the signal, send it to Sentry; never raise."""
+    try:
+        logger.warning(
+            "teardown leak",
+            kind=finding.kind,
+            request_id=finding.request_id,
+            method=finding.method,
+            path=finding.path,
+            pid=finding.pid,
+            thread=finding.thread,
+            leaked=finding.what,
+            where=finding.where,
+            message=finding.message,
+            fix=finding.fix,
+            stack=list(finding.stack),
+            **{k: v for k, v in finding.details.items() if k not in _LOG_FIELDS},
+        )
+    except Exception as exc:
+        report_internal_error("logging a teardown leak", exc)
+    if teardown_leak.receivers:
+        send_safely(teardown_leak, sender, environ=environ, finding=finding)
+    if sentry.is_active():
+        try:
+            with sentry_sdk.isolation_scope() as scope:
+                tags: dict[str, object] = {
+                    "worker.pid": finding.pid,
+                    "worker.thread": finding.thread,
+                    "teardown.kind": finding.kind,
+                }
+                if finding.request_id is not None:
+                    tags["request_id"] = finding.request_id
+                scope.set_tags(tags)
+                scope.set_context(
+                    "teardown leak",
+                    {
+                        "what": finding.what,
+                        "where": finding.where,
+                        "fix": finding.fix,
+                        "method": finding.method,
+                        "path": finding.path,
+                        "stack": list(finding.stack),
+                        **dict(finding.details),
+                    },
+                )
+                sentry_sdk.capture_message(finding.message, level="warning")
+        except Exception as exc:
+            report_internal_error("sending a teardown leak to Sentry", exc)
+
+
+_LOG_FIELDS = frozenset(
+    {"kind", "request_id", "method", "path", "pid", "thread", "leaked", "where"}
+    | {"message", "fix", "stack", "event"}
+)
+
+
+# -- Flask ---------------------------------------------------------------------------
+
+
+def init_flask(app: t.Any, settings: Settings, diag: object) -> None:
+    """Called by ``Diag.init_app``: share the Diag's watch with the app's
+    check, watch Flask-SQLAlchemy, check the secret key (now, and at the
+    first use of ``flask.session``)."""
+    check = _find_check(app.wsgi_app)
+    watch = _watch_of(diag)
+    if check is None or watch is None:
+        return
+    check.watch = watch
+    _startup_secret_key(app, check)
+    _watch_session_use(app, check)
+    tasks: list[t.Callable[[], object]] = []
+    if not _watch_flask_sqlalchemy(app, watch):
+        # ``db.init_app(app)`` may come after ``Diag(app)``.
+        tasks.append(lambda: _watch_flask_sqlalchemy(app, watch))
+    check.pending = tasks or None
+
+
+def _watch_flask_sqlalchemy(app: t.Any, watch: Watch) -> bool:
+    db = app.extensions.get("sqlalchemy")
+    if db is None:
+        return False
+    from . import teardown_sqlalchemy
+
+    teardown_sqlalchemy.watch_flask_sqlalchemy(watch, app, db)
+    watch.active = True
+    return True
+
+
+_NO_KEY_FIX = (
+    "Set app.secret_key (or SECRET_KEY) when the module is imported, e.g."
+    ' app.secret_key = os.environ["SECRET_KEY"]; code under'
+    " 'if __name__ == \"__main__\":' does not run under gunicorn or uWSGI."
+)
+
+
+def _secret_key_finding(app: t.Any, site: tuple[str, int] | None) -> TeardownFinding:
+    from .errors import secret_key_hint
+
+    return TeardownFinding(
+        kind="no_secret_key",
+        what=f"Flask app {app.import_name!r} has no secret key",
+        message=secret_key_hint(app),
+        fix=_NO_KEY_FIX,
+        where=f"{site[0]}:{site[1]}" if site is not None else None,
+        pid=current_pid(),
+        thread=thread_name(),
+        details={"app": app.import_name},
+    )
+
+
+def _key_site(app: t.Any) -> tuple[str, int] | None:
+    import sys
+
+    from .errors import main_only_secret_key
+
+    module = sys.modules.get(app.import_name)
+    path = getattr(module, "__file__", None)
+    return main_only_secret_key(path) if isinstance(path, str) else None
+
+
+def _startup_secret_key(app: t.Any, check: TeardownCheck) -> None:
+    # At start-up only the certain case is reported: the module sets the key
+    # under ``__main__`` alone and is not running as ``__main__``. A key set
+    # after ``Diag(app)`` is normal and is checked at the first request.
+    try:
+        if app.secret_key or app.import_name == "__main__":
+            return
+        site = _key_site(app)
+        if site is not None:
+            report(_secret_key_finding(app, site), None, check)
+            check.key_reported = True
+    except Exception as exc:
+        report_internal_error("checking the secret key", exc)
+
+
+def _watch_session_use(app: t.Any, check: TeardownCheck) -> None:
+    """Report the first request that uses ``flask.session`` without a key
+    (Flask raises ``RuntimeError``), once per app: from Flask's
+    ``got_request_exception``, or flask_diag's ``error_enveloped`` when the
+    error envelope's handler answered the exception."""
+    from flask import got_request_exception
+
+    from .signals import error_enveloped
+
+    def seen(exception: object, environ: WSGIEnvironment | None) -> None:
+        if check.key_reported or not isinstance(exception, RuntimeError):
+            return
+        if "no secret key" not in " ".join(str(exception).split()):
+            return
+        from flask import current_app
+        from flask import has_app_context
+
+        if not has_app_context():
+            return
+        if current_app._get_current_object() is not app:  # type: ignore[attr-defined]
+            return
+        check.key_reported = True
+        finding = dataclasses.replace(
+            _secret_key_finding(app, _key_site(app)), **request_fields(environ)
+        )
+        report(finding, environ, check)
+
+    def on_flask(sender: object, exception: BaseException, **extra: t.Any) -> None:
+        from flask import request
+
+        seen(exception, request.environ)
+
+    def on_envelope(sender: object, **kwargs: t.Any) -> None:
+        seen(kwargs.get("exception"), kwargs.get("environ"))
+
+    # Weak: the receivers live as long as the app's check, which holds them.
+    check.receivers = (on_flask, on_envelope)
+    got_request_exception.connect(on_flask, app)
+    error_enveloped.connect(on_envelope)
