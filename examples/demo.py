@@ -7,7 +7,8 @@ directly with an environment that has flask_diag and gunicorn installed::
     python examples/demo.py errors     # one of them (or several)
 
 Scenarios: ``secret-key`` (pitfall 1), ``self-call`` (pitfall 2),
-``debugger`` (pitfall 3), ``errors`` (pitfall 5), ``workers`` (pitfall 7),
+``debugger`` (pitfall 3), ``errors`` (pitfall 5), ``session`` (pitfall 6),
+``workers`` (pitfall 7),
 ``doctor`` (``flask diag check`` and ``flask diag probe`` on the examples).
 
 Every server listens on 127.0.0.1 only, on a free port, and is stopped by
@@ -586,6 +587,66 @@ def scenario_debugger() -> None:
     say("    " + command.strip())
 
 
+TEARDOWN_PATHS = (
+    # The clean views first: a leaked SQLite transaction keeps the database
+    # locked for every later writer, which is a symptom of its own.
+    "/ok/connection",
+    "/ok/transaction",
+    "/ok/pending",
+    "/ok/scoped",
+    "/stream",
+    "/cars",
+    "/leak/connection",
+    "/leak/transaction",
+    "/leak/pending",
+    "/leak/scoped",
+    "/leak/stream",
+)
+
+
+def scenario_session() -> None:
+    title("Pitfall 6: database sessions that outlive their request (gunicorn)")
+    if not module_exists("sqlalchemy"):
+        say("(skipped: this Python has no SQLAlchemy; bash scripts/demo.sh has it)")
+        return
+    say("examples/pitfall6_session/app.py keeps a module-global Session and has")
+    say("one view per leak kind next to its clean twin (SQLite file database;")
+    say("tests/test_teardown_servers.py replays it on PostgreSQL with an idle")
+    say("timeout, where the global session then fails for real).")
+    cwd = EXAMPLES / "pitfall6_session"
+    with tempfile.TemporaryDirectory(prefix="flask-diag-demo-") as tmp:
+        env = {"DATABASE_URL": f"sqlite:///{tmp}/pitfall6.db"}
+        threads = ("-k", "gthread", "--threads", "4")
+        with gunicorn("app:app", *threads, cwd=cwd, env=env) as server:
+            answers = {
+                path: request("GET", server.url + path) for path in TEARDOWN_PATHS
+            }
+            time.sleep(0.5)
+            leaks = [
+                line
+                for line in server.json_lines()
+                if line.get("event") == "teardown leak" and line.get("path")
+            ]
+        say(f"\n  {'request':<22} status  findings (kind at where: what)")
+        for path, (status, headers, _) in answers.items():
+            found = [x for x in leaks if x.get("request_id") == headers["X-Request-ID"]]
+            say(f"  GET {path:<18} {status:<6}  {len(found) or '-'}")
+            for line in found:
+                text = f"{line['kind']} at {line.get('where')}: {line['leaked']}"
+                say("      " + textwrap.shorten(text, width=100, placeholder=" ..."))
+        say("Every finding is one 'teardown leak' JSON line with the request id,")
+        say("pid and thread, what leaked, where, and the fix; the /ok/* twins and")
+        say("the streamed /stream report nothing.")
+
+        say("\nFLASK_DIAG_TEARDOWN=raise (for test suites and CI) turns a leak into")
+        say("a 500 envelope:")
+        env["FLASK_DIAG_TEARDOWN"] = "raise"
+        with gunicorn("app:app", *threads, cwd=cwd, env=env) as server:
+            status, headers, body = request("GET", server.url + "/leak/transaction")
+        say(f"  GET /leak/transaction -> {status} {headers.get('Content-Type')}")
+        show_members(json.loads(body), indent="      ")
+
+
 DOCTOR_CASES = (
     # (example folder, app, --server command or None)
     ("pitfall1_secret_key", "app:app", None),
@@ -668,6 +729,7 @@ SCENARIOS: dict[str, Callable[[], None]] = {
     "self-call": scenario_self_call,
     "debugger": scenario_debugger,
     "errors": scenario_errors,
+    "session": scenario_session,
     "workers": scenario_workers,
     "doctor": scenario_doctor,
 }
