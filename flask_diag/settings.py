@@ -170,7 +170,9 @@ def _parse_pin(value: object) -> str | None:
         return None
     if isinstance(value, str):
         text = value.strip()
-        if len(text) >= _PIN_MIN and text.lower() not in _FALSE | _TRUE:
+        # Dashes are only separators (werkzeug drops them before comparing):
+        # the length that counts is the one without them.
+        if len(text.replace("-", "")) >= _PIN_MIN and text.lower() not in _FALSE:
             if re.fullmatch(r"[A-Za-z0-9-]+", text):
                 return text
     raise ValueError
@@ -363,8 +365,8 @@ class Settings:
     debugger_pin: str | None = _setting(
         None,
         _parse_pin,
-        f"a PIN of at least {_PIN_MIN} letters, digits or '-' (unset: a fresh "
-        "random PIN for each activation)",
+        f"a PIN of at least {_PIN_MIN} letters or digits, '-' between them "
+        "allowed (unset: a fresh random PIN for each activation)",
         "The debugger's PIN. Unset, a new random one is made at each start "
         "and written to a file only the server's user can read (its path is "
         "logged, the PIN never is). There is no way to switch the PIN off.",
