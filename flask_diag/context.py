@@ -117,9 +117,18 @@ def parse_traceparent(value: str | None) -> str | None:
 _safe_names: dict[str, str] = {}
 
 
+# ``threading.current_thread().name`` is three Python calls; the registry
+# behind it is one dictionary lookup (private, hence the fallback).
+_active_threads: dict[int, threading.Thread] = getattr(threading, "_active", {})
+_get_ident = threading.get_ident
+
+
 def thread_name() -> str:
     """The current thread's name, made safe for a header and a log line."""
-    name = threading.current_thread().name
+    thread = _active_threads.get(_get_ident())
+    name = getattr(thread, "_name", None)
+    if not isinstance(name, str):
+        name = threading.current_thread().name
     safe = _safe_names.get(name)
     if safe is None:
         safe = name if _SAFE_THREAD_NAME.fullmatch(name) else "thread-unnamed"
