@@ -29,18 +29,29 @@ PIN always
     the machine can compute). It is never logged: it goes to a file only the
     server's user can read (mode 0600), whose path is logged.
     ``WERKZEUG_DEBUG_PIN`` in the environment (``off`` above all) and short
-    PINs are refused at start-up.
+    PINs (fewer than 8 letters or digits: dashes do not count) are refused
+    at start-up. A random PIN is single-use: once accepted, a new one
+    replaces it in the file.
+PIN never in a URL
+    werkzeug's page script sends the PIN in a GET query string, which every
+    request log writes down. The gate serves the script patched to send it
+    in a POST body (start-up fails when the script cannot be patched) and
+    reads it from there only; a PIN in the query string is never compared
+    nor counted, and the refusal is logged.
 Lockout without sleeping
     werkzeug sleeps up to 5 s per wrong PIN inside the request, stalling the
     only sync worker. The gate answers ``pinauth`` itself: after 5 wrong PINs
     in a row it refuses every attempt for 5 minutes (doubling each time),
     at once. The unlock cookie is bound to this activation and expires with
-    it.
+    it; it is ``Secure`` over HTTPS, also behind a trusted proxy that sends
+    ``X-Forwarded-Proto: https``.
 Allowed clients
     ``REMOTE_ADDR`` in ``FLASK_DIAG_DEBUGGER_ALLOW`` (loopback by default).
     ``X-Forwarded-For`` only counts behind ``FLASK_DIAG_DEBUGGER_TRUSTED_PROXIES``
-    (the address after the last trusted hop). Everybody else gets the ordinary
-    404 / error envelope, as if there were no debugger; refusals are logged.
+    (the address after the last trusted hop; no header, or only trusted hops:
+    the client is unknown, refused). Everybody else is served by the app
+    unchanged, debugger routes included, as if there were no debugger;
+    refusals are logged.
 Trusted hosts
     The ``Host`` header must be a localhost name, one of the server's own
     addresses or one of ``FLASK_DIAG_DEBUGGER_HOSTS``: against DNS rebinding
@@ -52,8 +63,8 @@ One process
     ``wsgi.multiprocess`` set is refused: the frames live in one process.
 Expiry
     Off again ``FLASK_DIAG_DEBUGGER_TTL`` seconds (default 3600) after
-    start-up: the debugger routes are gone, the frames dropped, the PIN file
-    deleted, and tracebacks go back to the envelope.
+    start-up: the debugger routes are the app's again, the frames dropped,
+    the PIN file deleted, and tracebacks go back to the envelope.
 Not in production by accident
     ``FLASK_DIAG_ENV=production`` refuses it unless
     ``FLASK_DIAG_DEBUGGER_IN_PRODUCTION=on`` is also set.
@@ -61,16 +72,19 @@ Not in production by accident
 Only requests of allowed clients with a trusted ``Host`` run through the
 debugger (their exceptions propagate to it, see
 :data:`~flask_diag.errors.PROPAGATE_KEY`); the others are served as if it
-did not exist. werkzeug's own dispatcher is never used: a debugger request
-that matches nothing gets a 404 instead of re-running the view. At most
-``FLASK_DIAG_DEBUGGER_FRAMES`` tracebacks are kept in memory (werkzeug never
-frees them).
+did not exist. werkzeug's own dispatcher is never used: an admitted
+debugger request that matches nothing gets a 404 instead of re-running the
+view. At most ``FLASK_DIAG_DEBUGGER_FRAMES`` tracebacks are kept in memory
+(werkzeug never frees them), under frame keys never reused (werkzeug's
+``id(frame)`` would address a newer traceback's frame once an evicted one
+is freed).
 
 Every event is logged through the ``flask_diag`` structlog logger and sent
 as a signal (:data:`~flask_diag.signals.debugger_enabled`, ``..._disabled``,
 ``..._pin_accepted``, ``..._pin_refused``, ``..._client_refused``,
 ``..._command``): the command text of every console evaluation, with the
-client and the request id.
+client and the request id. Signals carry ``request_id``, ``path`` and
+``client``, never the WSGI ``environ`` (it holds the unlock cookie).
 
 .. autoclass:: DebuggerGate
     :members: close, active
@@ -82,8 +96,10 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import itertools
 import json
 import os
+import pkgutil
 import re
 import shlex
 import socket
@@ -96,6 +112,7 @@ from collections import deque
 from urllib.parse import parse_qs
 
 from werkzeug.debug import DebuggedApplication
+from werkzeug.debug.tbtools import DebugTraceback
 from werkzeug.exceptions import Forbidden
 from werkzeug.exceptions import NotFound
 from werkzeug.http import parse_cookie
@@ -109,6 +126,7 @@ from .errors import PROPAGATE_KEY
 from .exceptions import DiagConfigError
 from .internal import capture_internal_exceptions
 from .internal import logger
+from .internal import report_internal_error
 from .server import detect
 from .server import ServerProfile
 from .settings import Settings
@@ -137,6 +155,24 @@ GUNICORN_COMMAND = "gunicorn --worker-class sync --workers 1 --timeout 3600"
 _CONSOLE_PATH = "/console"
 _LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 _NAME = re.compile(r"[a-z0-9.-]{1,253}")
+# The largest POST body read for ``cmd=pinauth`` (it holds ``pin=...`` only).
+_PIN_BODY_MAX = 4096
+# werkzeug's page script sends the PIN in the query string of a GET
+# (``fetch(makeDebugURL({cmd: "pinauth", pin: this.pin.value}))``): every
+# request log (werkzeug's dev server, gunicorn's access log, the proxy's)
+# would hold it. The gate serves this script with the PIN moved into a POST
+# body, and reads the PIN from the body only.
+_JS_PINAUTH = re.compile(
+    r"""fetch\(\s*makeDebugURL\(\s*\{\s*cmd:\s*["']pinauth["']\s*,"""
+    r"""\s*pin:\s*this\.pin\.value\s*\}\s*\)\s*\)"""
+)
+_JS_PINAUTH_POST = (
+    'fetch(makeDebugURL({cmd: "pinauth"}), {method: "POST",'
+    " body: new URLSearchParams({pin: this.pin.value})})"
+)
+# The frame id werkzeug writes into the page: ``id(frame)``, which CPython
+# reuses once a frame is freed. The gate swaps it for a key never reused.
+_FRAME_ID = 'class="frame" id="frame-{}"'
 # Options of gunicorn's command line that the one-process command replaces.
 _GUNICORN_REPLACED = {
     "-w": True,
@@ -184,6 +220,31 @@ def _host_name(header: object) -> str | None:
 
 def _port_ok(port: str) -> bool:
     return not port or (port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536)
+
+
+def patched_debugger_js() -> bytes:
+    """werkzeug's ``debugger.js`` with the PIN sent in a POST body.
+
+    :raises DiagConfigError: when werkzeug's script no longer has the
+        expected ``pinauth`` call (a newer werkzeug): better no debugger than
+        a page that puts the PIN into every request log.
+    """
+    data = pkgutil.get_data("werkzeug.debug", "shared/debugger.js")
+    text = data.decode("utf-8") if data is not None else ""
+    patched, count = _JS_PINAUTH.subn(_JS_PINAUTH_POST, text)
+    if count != 1 or re.search(r"\bpin:\s*this\.pin", _JS_PINAUTH.sub("", text)):
+        from importlib.metadata import version as dist_version
+
+        raise DiagConfigError(
+            "flask_diag's debugger refuses to start: werkzeug"
+            f" {dist_version('werkzeug')}'s debugger.js does not send the PIN"
+            " the way flask_diag knows how to patch"
+            ' (fetch(makeDebugURL({cmd: "pinauth", pin: ...}))).'
+            " Unpatched, the page would put the PIN into the query"
+            " string, and so into every request log. Use a werkzeug version"
+            " flask_diag supports, or report this to flask_diag."
+        )
+    return patched.encode("utf-8")
 
 
 def one_process_command(argv: t.Sequence[str] | None = None) -> str:
@@ -259,9 +320,10 @@ def _check_startup(settings: Settings) -> None:
 
 
 class _GatedDebugger(DebuggedApplication):
-    """werkzeug's debugger with the gate's PIN, cookie, Host check and a cap
-    on the tracebacks kept. Its ``__call__`` (werkzeug's dispatcher) is never
-    used by the gate; its PIN entry points refuse without sleeping anyway."""
+    """werkzeug's debugger with the gate's PIN, cookie, Host check, a
+    patched page script and a cap on the tracebacks kept. Its ``__call__``
+    (werkzeug's dispatcher) is never used by the gate; its PIN entry points
+    refuse without sleeping anyway."""
 
     def __init__(
         self,
@@ -271,12 +333,16 @@ class _GatedDebugger(DebuggedApplication):
         *,
         console_path: str | None,
         max_tracebacks: int,
+        debugger_js: bytes,
     ) -> None:
         self._gate_ref = weakref.ref(gate)
         self._lock_ref = lock
         self._max_tracebacks = max_tracebacks
+        self._debugger_js = debugger_js
         self._tracebacks: deque[list[int]] = deque()
-        self._known: set[int] = set()
+        # Frame keys are never reused (werkzeug's are ``id(frame)``, which
+        # CPython hands to a newer frame once an evicted one is freed).
+        self._keys = itertools.count(1)
         self._frames_lock = threading.Lock()
         # Always a non-empty console path for werkzeug; the gate decides.
         super().__init__(
@@ -309,37 +375,83 @@ class _GatedDebugger(DebuggedApplication):
     def _fail_pin_auth(self) -> None:  # never sleep in a request
         pass
 
+    def get_resource(self, request: Request, filename: str) -> Response:
+        # As werkzeug: the base name only, inside its ``shared`` folder.
+        if os.path.basename(filename) == "debugger.js":
+            response = Response(self._debugger_js, mimetype="text/javascript")
+            response.add_etag()
+            return response.make_conditional(request)
+        return super().get_resource(request, filename)
+
     def debug_application(
         self, environ: WSGIEnvironment, start_response: StartResponse
     ) -> t.Iterator[bytes]:
-        before = len(self.frames)
+        """werkzeug's, with the frames kept under keys never reused and the
+        number of tracebacks kept capped."""
+        contexts: list[t.ContextManager[t.Any]] = []
+        environ["werkzeug.debug.preserve_context"] = contexts.append
+        app_iter = None
         try:
-            yield from super().debug_application(environ, start_response)
-        finally:
-            if len(self.frames) != before:
-                self._remember()
+            app_iter = self.app(environ, start_response)
+            yield from app_iter
+            if hasattr(app_iter, "close"):
+                app_iter.close()
+        except Exception as e:
+            close = getattr(app_iter, "close", None)
+            if close is not None:
+                close()
+            tb = DebugTraceback(e, skip=1, hide=not self.show_hidden_frames)
+            html = tb.render_debugger_html(
+                evalex=self.check_host_trust(environ),
+                secret=self.secret,
+                evalex_trusted=bool(self.check_pin_trust(environ)),
+            )
+            html = self._remember(tb.all_frames, contexts, html)
+            response = Response(html, status=500, mimetype="text/html")
+            try:
+                yield from response(environ, start_response)
+            except Exception:
+                environ["wsgi.errors"].write(
+                    "Debugging middleware caught exception in streamed response"
+                    " at a point where response headers were already sent.\n"
+                )
+            environ["wsgi.errors"].write("".join(tb.render_traceback_text()))
 
-    def _remember(self) -> None:
-        # werkzeug keeps every traceback's frames (locals included) forever:
-        # keep the newest ``max_tracebacks``.
+    def _remember(
+        self,
+        frames: t.Sequence[DebugFrameSummary],
+        contexts: list[t.ContextManager[t.Any]],
+        html: str,
+    ) -> str:
+        """Keep ``frames`` under fresh keys, rewrite the page to name them,
+        and drop the oldest tracebacks beyond ``max_tracebacks`` (werkzeug
+        keeps every traceback's frames, locals included, forever)."""
         with self._frames_lock:
-            new = [k for k in list(self.frames) if k != 0 and k not in self._known]
-            if not new:
-                return
-            self._known.update(new)
-            self._tracebacks.append(new)
+            keys: list[int] = []
+            for frame in frames:
+                old = _FRAME_ID.format(id(frame))
+                if old not in html:
+                    continue  # not on the page: nothing can address it
+                key = next(self._keys)
+                html = html.replace(old, _FRAME_ID.format(key))
+                self.frames[key] = frame
+                # werkzeug's execute_command looks contexts up by id(frame):
+                # unique while the frame is kept.
+                self.frame_contexts[id(frame)] = contexts
+                keys.append(key)
+            self._tracebacks.append(keys)
             while len(self._tracebacks) > self._max_tracebacks:
                 for key in self._tracebacks.popleft():
-                    self.frames.pop(key, None)
-                    self.frame_contexts.pop(key, None)
-                    self._known.discard(key)
+                    evicted = self.frames.pop(key, None)
+                    if evicted is not None:
+                        self.frame_contexts.pop(id(evicted), None)
+        return html
 
     def drop_frames(self) -> None:
         with self._frames_lock:
             self.frames.clear()
             self.frame_contexts.clear()
             self._tracebacks.clear()
-            self._known.clear()
 
     @property
     def traceback_count(self) -> int:
@@ -413,7 +525,15 @@ class DebuggerGate:
         self._exact_hosts = frozenset(exact)
         self._suffix_hosts = tuple(sorted(suffixes))
         self._console_path = _CONSOLE_PATH if settings.debugger_console else None
-        lock = PinLock.activate(settings.debugger_pin, ttl=settings.debugger_ttl)
+        debugger_js = patched_debugger_js()  # before any PIN file exists
+        try:
+            lock = PinLock.activate(settings.debugger_pin, ttl=settings.debugger_ttl)
+        except ValueError as e:  # a PIN too short once normalised
+            raise DiagConfigError(
+                f"flask_diag's debugger refuses to start: {e}. Set"
+                " FLASK_DIAG_DEBUGGER_PIN to a longer one, or unset it for a"
+                " random PIN written to a file only the server's user can read."
+            ) from None
         self.pin_lock = lock
         self.debugger = _GatedDebugger(
             app,
@@ -421,6 +541,7 @@ class DebuggerGate:
             lock,
             console_path=self._console_path,
             max_tracebacks=settings.debugger_frames,
+            debugger_js=debugger_js,
         )
         flask_app = _find_flask_app(app)
         if flask_app is not None:
@@ -529,20 +650,32 @@ class DebuggerGate:
 
     def _client(self, environ: WSGIEnvironment) -> _IP | None:
         """The client's address: ``REMOTE_ADDR``, or the hop after the last
-        trusted proxy in ``X-Forwarded-For``."""
+        trusted proxy in ``X-Forwarded-For``; ``None`` (refused) when that is
+        unknown.
+
+        A trusted proxy that sends no ``X-Forwarded-For``, or one whose every
+        hop is a trusted proxy, says nothing about the client: never take the
+        proxy's own (often loopback) address for it.
+        """
         remote = _ip(environ.get("REMOTE_ADDR"))
         if remote is None or not self._proxies or not _in(remote, self._proxies):
             return remote
         forwarded = environ.get("HTTP_X_FORWARDED_FOR")
         if not forwarded:
-            return remote
-        hops = [h.strip() for h in str(forwarded).split(",")]
-        client: _IP | None = remote
-        for hop in reversed(hops):
-            client = _ip(hop)
+            return None
+        for hop in reversed(str(forwarded).split(",")):
+            client = _ip(hop.strip())
             if client is None or not _in(client, self._proxies):
                 return client
-        return client
+        return None
+
+    def _via_https_proxy(self, environ: WSGIEnvironment) -> bool:
+        """Whether a trusted proxy says the browser spoke HTTPS to it."""
+        remote = _ip(environ.get("REMOTE_ADDR"))
+        if remote is None or not self._proxies or not _in(remote, self._proxies):
+            return False
+        proto = str(environ.get("HTTP_X_FORWARDED_PROTO", ""))
+        return any(p.strip().lower() == "https" for p in proto.split(","))
 
     def _own_host_names(self, environ: WSGIEnvironment) -> frozenset[str]:
         cached = self._own_hosts
@@ -645,15 +778,23 @@ class DebuggerGate:
         args: dict[str, list[str]],
         debugger: _GatedDebugger,
     ) -> t.Iterable[bytes]:
-        client = self._client(environ)
-        if not self.active:
+        try:
+            active = self.active
+            client = self._client(environ) if active else None
+            reason = self._refusal(environ, client) if active else None
+        except Exception as e:  # a fault in the gate never opens it
+            report_internal_error("checking a debugger request", e)
+            return self.app(environ, start_response)
+        if not active:
             # Gone: as if there had never been a debugger (no event: the
             # expiry itself was logged).
-            return NotFound()(environ, start_response)
-        reason = self._refusal(environ, client)
+            return self.app(environ, start_response)
         if reason is not None:
+            # Served exactly as without a debugger: the app answers, its
+            # exceptions go to the envelope (no PROPAGATE_KEY). A 404 of the
+            # gate's own would tell a scanner that the debugger is on.
             self._refused(environ, client, reason)
-            return NotFound()(environ, start_response)
+            return self.app(environ, start_response)
         lock = self.pin_lock
         assert lock is not None
 
@@ -672,7 +813,10 @@ class DebuggerGate:
         elif secret is None or not _same(secret, debugger.secret):
             response = NotFound().get_response(environ)
         elif cmd == "pinauth":
-            response = self._pin_auth(request, client, lock, arg("pin") or "")
+            if "pin" in args:
+                response = self._pin_in_url(environ, client)
+            else:
+                response = self._pin_auth(request, client, lock, _posted_pin(request))
         elif cmd == "printpin":
             self._event(
                 "debugger_pin_requested",
@@ -700,35 +844,64 @@ class DebuggerGate:
                 response = debugger.execute_command(request, cmd, frame)
         return response(environ, start_response)
 
+    def _pin_in_url(self, environ: WSGIEnvironment, client: _IP | None) -> Response:
+        """A PIN in the query string: never compared, never counted. The
+        request line that carried it is in the access log already; accepting
+        it would make that log a key."""
+        message = (
+            "a PIN was sent in the URL and ignored: the PIN must not travel in"
+            " URLs (request lines are logged). The debugger page served by"
+            " flask_diag sends it in a POST body; reload the page."
+        )
+        self._event(
+            "debugger_pin_refused",
+            environ,
+            client,
+            reason="pin_in_url",
+            message=message,
+        )
+        send_safely(
+            debugger_pin_refused,
+            self,
+            **_signal_fields(environ, client),
+            reason="pin_in_url",
+            failures=0,
+            locked=False,
+        )
+        return _pinauth_answer(accepted=False, exhausted=False)
+
     def _pin_auth(
         self, request: Request, client: _IP | None, lock: PinLock, entered: str
     ) -> Response:
         environ = request.environ
         result = lock.attempt(entered)
         # werkzeug's answer, which its page's script reads.
-        response = Response(
-            json.dumps({"auth": result.accepted, "exhausted": result.locked}),
-            mimetype="application/json",
-        )
+        response = _pinauth_answer(accepted=result.accepted, exhausted=result.locked)
         if result.accepted:
-            self._event("debugger_pin_accepted", environ, client)
-            send_safely(
-                debugger_pin_accepted, self, environ=environ, client=str(client)
+            self._event(
+                "debugger_pin_accepted",
+                environ,
+                client,
+                pin_file=lock.pin_file,
+                rotated=lock.pin_file is not None,
             )
+            send_safely(debugger_pin_accepted, self, **_signal_fields(environ, client))
             response.set_cookie(
                 lock.cookie_name,
                 lock.cookie_value(),
                 max_age=int(lock.remaining()),  # never beyond the expiry
                 httponly=True,
                 samesite="Strict",
-                secure=request.is_secure,
+                secure=request.is_secure or self._via_https_proxy(environ),
             )
             return response
+        reason = "locked" if result.locked and not result.failures else "wrong"
         locked_for = max(0.0, result.locked_until - time.monotonic())
         self._event(
             "debugger_pin_refused",
             environ,
             client,
+            reason=reason,
             failures=result.failures,
             locked=result.locked,
             locked_for_s=round(locked_for, 1),
@@ -736,23 +909,17 @@ class DebuggerGate:
         send_safely(
             debugger_pin_refused,
             self,
-            environ=environ,
-            client=str(client),
+            **_signal_fields(environ, client),
+            reason=reason,
             failures=result.failures,
             locked=result.locked,
         )
         return response
 
     def _command(self, environ: WSGIEnvironment, client: _IP | None, cmd: str) -> None:
-        request_id = _request_id(environ)
         self._event("debugger_command", environ, client, command=cmd)
         send_safely(
-            debugger_command,
-            self,
-            environ=environ,
-            client=str(client),
-            request_id=request_id,
-            command=cmd,
+            debugger_command, self, **_signal_fields(environ, client), command=cmd
         )
 
     def _refused(
@@ -770,8 +937,7 @@ class DebuggerGate:
         send_safely(
             debugger_client_refused,
             self,
-            environ=environ,
-            client=str(client),
+            **_signal_fields(environ, client),
             reason=reason,
         )
 
@@ -783,13 +949,40 @@ class DebuggerGate:
         **fields: object,
     ) -> None:
         with capture_internal_exceptions(f"logging {event}"):
-            logger.warning(
-                event,
-                client=str(client),
-                request_id=_request_id(environ),
-                path=str(environ.get("PATH_INFO", ""))[:200],
-                **fields,
-            )
+            logger.warning(event, **_signal_fields(environ, client), **fields)
+
+
+def _signal_fields(environ: WSGIEnvironment, client: _IP | None) -> dict[str, t.Any]:
+    """What events and signals say about a request: never ``environ``,
+    which holds the query string (a PIN) and the cookies (the unlock
+    cookie)."""
+    return {
+        "request_id": _request_id(environ),
+        "path": str(environ.get("PATH_INFO", ""))[:200],
+        "client": str(client),
+    }
+
+
+def _pinauth_answer(*, accepted: bool, exhausted: bool) -> Response:
+    """werkzeug's ``pinauth`` answer, which its page's script reads."""
+    return Response(
+        json.dumps({"auth": accepted, "exhausted": exhausted}),
+        mimetype="application/json",
+    )
+
+
+def _posted_pin(request: Request) -> str:
+    """The PIN from a ``POST`` form body (small, url-encoded), else ``""``."""
+    if request.method != "POST":
+        return ""
+    if request.mimetype != "application/x-www-form-urlencoded":
+        return ""
+    length = request.content_length
+    if length is None or length > _PIN_BODY_MAX:
+        return ""
+    body = request.stream.read(length).decode("ascii", "replace")
+    values = parse_qs(body, keep_blank_values=True).get("pin")
+    return values[0] if values else ""
 
 
 def _in(ip: _IP, networks: tuple[_NET, ...]) -> bool:

@@ -7,6 +7,7 @@ activation of the debugger::
     lock.pin_file            # a 0600 file holding the PIN; log this path
     result = lock.attempt("1234-5678-9012")
     result.accepted, result.locked, result.failures
+    # accepted: a random PIN is single-use, the file now holds a new one
     lock.cookie_value()      # werkzeug's "{ts}|{hash}" format
     lock.cookie_valid(value) # only for this activation, never after expiry
 
@@ -20,6 +21,8 @@ Why not werkzeug's own PIN handling:
 - after a wrong PIN it sleeps 0.5 to 5 s inside the request, stalling the
   only sync worker; here failures are counted and further attempts refused
   for a while, without sleeping;
+- its PIN stays valid for ever once typed; here a random PIN is single-use:
+  once accepted, a new one replaces it in the file;
 - its unlock cookie is valid for a week and across restarts; here it is
   bound to the activation (a random nonce in its hash, a random cookie name)
   and never valid beyond the expiry.
@@ -27,6 +30,7 @@ Why not werkzeug's own PIN handling:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -37,12 +41,23 @@ import threading
 import time
 import typing as t
 
-__all__ = ["PinLock", "Attempt", "MAX_FAILURES", "LOCKOUT"]
+__all__ = [
+    "PinLock",
+    "Attempt",
+    "MAX_FAILURES",
+    "LOCKOUT",
+    "MIN_PIN_LENGTH",
+    "random_pin",
+    "write_pin_file",
+    "replace_pin_file",
+]
 
 #: Wrong PINs in a row before attempts are refused for :data:`LOCKOUT` seconds.
 MAX_FAILURES = 5
 #: The first lockout, in seconds; each further lockout doubles it.
 LOCKOUT = 300.0
+#: The shortest PIN accepted, counted once normalised (without dashes).
+MIN_PIN_LENGTH = 8
 
 
 class Attempt(t.NamedTuple):
@@ -83,6 +98,23 @@ def write_pin_file(pin: str) -> str:
     return path
 
 
+def replace_pin_file(path: str, pin: str) -> None:
+    """Atomically replace the PIN in ``path`` (a file made by
+    :func:`write_pin_file`): a new 0600 file created exclusively in the same
+    private directory, then renamed over the old one."""
+    directory = os.path.dirname(path)
+    fresh = os.path.join(directory, f"pin.{secrets.token_hex(8)}")
+    fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(pin + "\n")
+        os.replace(fresh, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(fresh)
+        raise
+
+
 class PinLock:
     """The PIN of one activation, with its lockout and cookie."""
 
@@ -96,6 +128,13 @@ class PinLock:
         lockout: float = LOCKOUT,
     ) -> None:
         self._pin = _normalise(pin)
+        # Second guard behind the settings' own check: "--------" would
+        # otherwise compare equal to an empty PIN. The message never holds it.
+        if len(self._pin) < MIN_PIN_LENGTH:
+            raise ValueError(
+                f"the debugger's PIN must have at least {MIN_PIN_LENGTH} letters"
+                " or digits ('-' between them does not count)"
+            )
         #: Where the PIN was written, or ``None`` (the operator chose it).
         self.pin_file = pin_file
         self.started_wall = time.time()
@@ -124,7 +163,9 @@ class PinLock:
         written to a 0600 file."""
         if pin is None:
             pin = random_pin()
-            return cls(pin, ttl=ttl, pin_file=write_pin_file(pin))
+            lock = cls(pin, ttl=ttl, pin_file=None)  # checked before written
+            lock.pin_file = write_pin_file(pin)
+            return lock
         return cls(pin, ttl=ttl, pin_file=None)
 
     def expired(self, now: float | None = None) -> bool:
@@ -148,6 +189,7 @@ class PinLock:
                 return Attempt(False, True, self._failures, self._locked_until)
             if hmac.compare_digest(_normalise(entered), self._pin):
                 self._failures = 0
+                self._rotate()
                 return Attempt(True, False, 0, 0.0)
             self._failures += 1
             failures = self._failures
@@ -157,6 +199,22 @@ class PinLock:
                 self._failures = 0
                 return Attempt(False, True, failures, self._locked_until)
             return Attempt(False, False, failures, 0.0)
+
+    def _rotate(self) -> None:
+        # A random PIN is single-use: once accepted, a fresh one replaces it
+        # in the same file, so a copy of the old one (a terminal's
+        # scrollback, a chat, a log that should not have had it) opens
+        # nothing. Cookies already given stay valid (their hash is bound to
+        # the activation, not to the PIN). The operator's own PIN
+        # (``pin_file`` is None) cannot be rotated.
+        if self.pin_file is None:
+            return
+        pin = random_pin()
+        try:
+            replace_pin_file(self.pin_file, pin)
+        except OSError:
+            return  # keep the old PIN rather than lock the operator out
+        self._pin = _normalise(pin)
 
     def locked(self) -> bool:
         """Whether PIN attempts are refused right now."""

@@ -98,21 +98,23 @@ debugger_enabled = namespace.signal("debugger-enabled")
 #: ``"expired"``).
 debugger_disabled = namespace.signal("debugger-disabled")
 
-#: Sent when a debugger client enters the right PIN, with ``environ`` and
-#: ``client`` (its address).
+#: Sent when a debugger client enters the right PIN, with ``request_id``,
+#: ``path`` and ``client`` (its address). Never ``environ``: it holds the
+#: query string and the cookies (the unlock cookie) of a debugger request.
 debugger_pin_accepted = namespace.signal("debugger-pin-accepted")
 
-#: Sent when a PIN is refused (wrong, or locked out), with ``environ``,
-#: ``client``, ``failures`` and ``locked`` (a ``bool``).
+#: Sent when a PIN is refused, with ``request_id``, ``path``, ``client``,
+#: ``reason`` (``"wrong"``, ``"locked"``, or ``"pin_in_url"``: sent in the
+#: query string, never compared), ``failures`` and ``locked`` (a ``bool``).
 debugger_pin_refused = namespace.signal("debugger-pin-refused")
 
 #: Sent when a debugger request is refused (client not allowed, foreign
-#: ``Host``, several processes, expired, or ``"pin"``: a command without a
-#: valid unlock cookie), with ``environ``, ``client`` and ``reason``.
+#: ``Host``, several processes, or ``"pin"``: a command without a valid
+#: unlock cookie), with ``request_id``, ``path``, ``client`` and ``reason``.
 debugger_client_refused = namespace.signal("debugger-client-refused")
 
-#: Sent when a console command is evaluated, with ``environ``, ``client``,
-#: ``request_id`` and ``command`` (its text).
+#: Sent when a console command is evaluated, with ``request_id``, ``path``,
+#: ``client`` and ``command`` (its text).
 debugger_command = namespace.signal("debugger-command")
 
 #: Sent by :class:`~flask_diag.teardown.TeardownCheck` for each resource that

@@ -73,8 +73,11 @@ class Harness:
             return f.read().strip()
 
     def pinauth(self, secret: str, pin: str, **environ: t.Any) -> t.Any:
-        return self.get(
-            f"/boom?__debugger__=yes&cmd=pinauth&pin={pin}&s={secret}", **environ
+        """As the page script the gate serves: the PIN in a POST body."""
+        return self.client.post(
+            f"/boom?__debugger__=yes&cmd=pinauth&s={secret}",
+            data={"pin": pin},
+            environ_overrides={**LOOPBACK, **environ},
         )
 
     def command(self, secret: str, frame: str, cmd: str, **environ: t.Any) -> t.Any:
@@ -169,6 +172,27 @@ def test_gate_alone_with_debugger_off_passes_through() -> None:
     assert response.get_data() == b"hi"
 
 
+def test_refused_debugger_routes_answer_as_if_off(
+    make: t.Callable[..., Harness],
+) -> None:
+    """A refused client cannot tell the debugger is on: its debugger routes
+    get what the app gives with the debugger off (here the 404 envelope of a
+    route the app does not have), never a 404 of the gate's own."""
+    off = Flask("debug_app")
+    Diag(off, debugger=False)
+    path = "/nothing-here" + RESOURCE
+    expected = off.test_client().get(path, environ_overrides=FOREIGN)
+    h = make()
+    with capture_logs() as logs:
+        got = h.get(path, **FOREIGN)
+    assert assert_envelope(got, 404) == {
+        **assert_envelope(expected, 404),
+        **{k: v for k, v in got.get_json().items() if "id" in k},
+    }
+    assert refusals(logs) == ["client"]  # still logged
+    assert h.get(path).status_code == 200  # the allowed client: the script
+
+
 # -- the happy path --------------------------------------------------------------------
 
 
@@ -246,8 +270,10 @@ def test_client_outside_allowed_networks(make: t.Callable[..., Harness]) -> None
     secret, _ = h.traceback()
     with capture_logs() as logs, capture_signals() as sent:
         assert_envelope(h.get("/boom", **FOREIGN), 500)
-        assert_envelope(h.get("/boom" + RESOURCE, **FOREIGN), 404)
-        assert_envelope(h.pinauth(secret, h.pin(), **FOREIGN), 404)
+        # Debugger routes go to the app, as without a debugger: /boom raises
+        # (the envelope), and takes no POST (405).
+        assert_envelope(h.get("/boom" + RESOURCE, **FOREIGN), 500)
+        assert_envelope(h.pinauth(secret, h.pin(), **FOREIGN), 405)
     assert refusals(logs) == ["client", "client"]
     assert [
         s.kwargs["reason"] for s in sent if s.name == "debugger-client-refused"
@@ -268,7 +294,7 @@ def test_second_loopback_address_excluded_by_allow_list(
     other = {"REMOTE_ADDR": "127.0.0.2"}
     assert_envelope(h.get("/boom", **other), 500)
     with capture_logs() as logs:
-        assert_envelope(h.get("/boom" + RESOURCE, **other), 404)
+        assert_envelope(h.get("/boom" + RESOURCE, **other), 500)
     assert refusals(logs) == ["client"]
 
 
@@ -277,7 +303,7 @@ def test_more_networks_allowed(make: t.Callable[..., Harness]) -> None:
     h.traceback(REMOTE_ADDR="10.1.2.3")
     assert h.get("/boom" + RESOURCE, REMOTE_ADDR="10.1.2.3").status_code == 200
     assert h.get("/boom" + RESOURCE, REMOTE_ADDR="::ffff:10.1.2.3").status_code == 200
-    assert_envelope(h.get("/boom" + RESOURCE, REMOTE_ADDR="11.0.0.1"), 404)
+    assert_envelope(h.get("/boom" + RESOURCE, REMOTE_ADDR="11.0.0.1"), 500)
 
 
 def test_spoofed_x_forwarded_for_is_ignored(make: t.Callable[..., Harness]) -> None:
@@ -285,7 +311,7 @@ def test_spoofed_x_forwarded_for_is_ignored(make: t.Callable[..., Harness]) -> N
     spoofed = {**FOREIGN, "HTTP_X_FORWARDED_FOR": "127.0.0.1"}
     with capture_logs() as logs:
         assert_envelope(h.get("/boom", **spoofed), 500)
-        assert_envelope(h.get("/boom" + RESOURCE, **spoofed), 404)
+        assert_envelope(h.get("/boom" + RESOURCE, **spoofed), 500)
     assert refusals(logs) == ["client"]
 
 
@@ -298,10 +324,18 @@ def test_trusted_proxy_only_the_hop_after_it_counts(
     real = {"REMOTE_ADDR": proxy, "HTTP_X_FORWARDED_FOR": "198.51.100.1, 127.0.0.1"}
     assert h.get("/boom" + RESOURCE, **real).status_code == 200
     spoof = {"REMOTE_ADDR": proxy, "HTTP_X_FORWARDED_FOR": "127.0.0.1, 198.51.100.1"}
-    assert_envelope(h.get("/boom" + RESOURCE, **spoof), 404)
+    assert_envelope(h.get("/boom" + RESOURCE, **spoof), 500)
     # Not from the trusted proxy: the header is ignored altogether.
     direct = {"REMOTE_ADDR": "10.0.1.5", "HTTP_X_FORWARDED_FOR": "127.0.0.1"}
-    assert_envelope(h.get("/boom" + RESOURCE, **direct), 404)
+    assert_envelope(h.get("/boom" + RESOURCE, **direct), 500)
+    # From the trusted proxy without the header, or naming only trusted
+    # hops: the client is unknown, refused (never the proxy's own address).
+    for unknown in (
+        {"REMOTE_ADDR": proxy},
+        {"REMOTE_ADDR": proxy, "HTTP_X_FORWARDED_FOR": "10.0.0.7, 10.0.0.6"},
+    ):
+        assert_envelope(h.get("/boom" + RESOURCE, **unknown), 500)
+        assert_envelope(h.get("/boom", **unknown), 500)
 
 
 # -- trusted hosts ---------------------------------------------------------------------
@@ -331,7 +365,7 @@ def test_foreign_host_refused(
         assert response.status_code == 200
         assert refusals(logs) == []
     else:
-        assert_envelope(response, 404)
+        assert_envelope(response, 500)  # the app's /boom, as if no debugger
         assert refusals(logs) == ["host"]
         # No traceback page either: the envelope, as without a debugger.
         assert_envelope(h.get("/boom", **environ), 500)
@@ -341,7 +375,7 @@ def test_extra_hosts(make: t.Callable[..., Harness]) -> None:
     h = make(debugger_hosts="*.staging.example, debug-box")
     for host in ("staging.example", "a.staging.example", "debug-box:8000"):
         assert h.get("/boom" + RESOURCE, HTTP_HOST=host).status_code == 200
-    assert_envelope(h.get("/boom" + RESOURCE, HTTP_HOST="example"), 404)
+    assert_envelope(h.get("/boom" + RESOURCE, HTTP_HOST="example"), 500)
 
 
 # -- one process -----------------------------------------------------------------------
@@ -352,7 +386,7 @@ def test_multiprocess_request_refused(make: t.Callable[..., Harness]) -> None:
     environ = {"wsgi.multiprocess": True}
     with capture_logs() as logs:
         assert_envelope(h.get("/boom", **environ), 500)
-        assert_envelope(h.get("/boom" + RESOURCE, **environ), 404)
+        assert_envelope(h.get("/boom" + RESOURCE, **environ), 500)
     (event,) = [e for e in logs if e["event"] == "debugger_client_refused"]
     assert event["reason"] == "multiprocess"
     assert "--worker-class sync --workers 1 --timeout 3600" in event["message"]
@@ -402,8 +436,10 @@ def test_expires_by_itself(make: t.Callable[..., Harness]) -> None:
         while h.gate.active and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not h.gate.active
-        assert_envelope(h.command(secret, frame, "answer"), 404)
-        assert_envelope(h.get("/boom" + RESOURCE), 404)
+        # Gone: debugger routes are the app's again (/boom raises).
+        assert_envelope(h.command(secret, frame, "answer"), 500)
+        assert_envelope(h.get("/boom" + RESOURCE), 500)
+        assert_envelope(h.get("/nowhere" + RESOURCE), 404)
         assert_envelope(h.get("/boom"), 500)  # back to the envelope
     assert [e["reason"] for e in logs if e["event"] == "debugger_disabled"] == [
         "expired"
@@ -563,7 +599,7 @@ def test_console_off_unless_asked(make: t.Callable[..., Harness]) -> None:
     h2 = make(debugger_console=True)
     page = h2.get("/console")
     assert page.status_code == 200 and "Console Locked" in page.get_data(as_text=True)
-    assert_envelope(h2.get("/console", **FOREIGN), 404)
+    assert_envelope(h2.get("/console", **FOREIGN), 404)  # the app has none
     secret = re.search(r'SECRET = "([^"]+)"', page.get_data(as_text=True))
     assert secret is not None
     assert h2.pinauth(secret.group(1), h2.pin()).get_json()["auth"] is True
@@ -625,14 +661,23 @@ def test_every_event_logged_and_signalled_never_the_pin(
     ]
     kwargs = {s.name: s.kwargs for s in signals}
     assert set(kwargs["debugger-enabled"]) == {"pin_file", "expires_at", "allow"}
+    # Never environ: it holds the query string and the cookies (a receiver
+    # that logs its kwargs would leak the unlock cookie).
+    request = {"request_id", "path", "client"}
     assert set(kwargs["debugger-pin-refused"]) == {
-        "environ",
-        "client",
+        *request,
+        "reason",
         "failures",
         "locked",
     }
+    assert set(kwargs["debugger-pin-accepted"]) == request
+    assert set(kwargs["debugger-command"]) == {*request, "command"}
+    assert set(kwargs["debugger-client-refused"]) == {*request, "reason"}
+    assert kwargs["debugger-pin-refused"]["reason"] == "wrong"
+    assert kwargs["debugger-client-refused"]["client"] == "203.0.113.7"
     assert kwargs["debugger-command"]["command"] == "answer * 2"
     assert kwargs["debugger-command"]["request_id"] == command["request_id"]
+    assert kwargs["debugger-command"]["path"] == "/boom"
     # The PIN in no captured record, structlog's or the stdlib's.
     everything = repr(logs) + repr([r.__dict__ for r in caplog.records])
     assert pin not in everything and pin.replace("-", "") not in everything

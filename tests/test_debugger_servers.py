@@ -111,14 +111,17 @@ def page_secret(html: str) -> tuple[str, str]:
 
 
 def test_chromium_traceback_pin_and_console(
-    debug_server: t.Callable[..., ServerProcess],
+    debug_server: t.Callable[..., ServerProcess], tmp_path: Path
 ) -> None:
     require_module("playwright")  # fails, never skips
     from playwright import sync_api
 
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"{CHROMIUM} is missing (Debian package chromium)", pytrace=False)
-    server = debug_server()
+    # gunicorn's access log writes every request line, query string
+    # included: the page must send the PIN where no request line has it.
+    access_log = tmp_path / "access.log"
+    server = debug_server(*ONE_WORKER, "--access-logfile", str(access_log))
     pin = read_pin(server)
     dialogs: list[str] = []
     with sync_api.sync_playwright() as playwright:
@@ -186,6 +189,25 @@ def test_chromium_traceback_pin_and_console(
     assert commands[0]["client"] == "127.0.0.1"
     assert re.fullmatch(r"[0-9a-f]{32}", commands[0]["request_id"])
     assert_pin_not_logged(server, pin)
+    # The PIN went in a POST body: the access log has both attempts' request
+    # lines, neither PIN. (The accepted PIN is single-use: the file has a
+    # new one, which the page never saw.)
+    deadline = time.monotonic() + TIMEOUT
+    lines: list[str] = []
+    while time.monotonic() < deadline:
+        lines = [
+            line
+            for line in access_log.read_text(errors="replace").splitlines()
+            if "cmd=pinauth" in line
+        ]
+        if len(lines) >= 2:
+            break
+        time.sleep(0.05)
+    assert len(lines) == 2 and all('"POST ' in line for line in lines), lines
+    text = access_log.read_text(errors="replace")
+    for form in {pin, pin.replace("-", ""), "0000-0000-0000"}:
+        assert form not in text, "a PIN is in gunicorn's access log"
+    assert read_pin(server) != pin
 
 
 # -- refusals on real servers ------------------------------------------------------
@@ -269,10 +291,13 @@ def test_second_loopback_address_refused(
     status, ctype, body = raw_get(server, PAGE, source="127.0.0.2")
     assert (status, ctype) == (500, "application/problem+json")
     assert "Traceback" not in body and "TypeError" not in body
+    # A debugger route from the refused address: the app's own answer (the
+    # view raises: the envelope), exactly as if there were no debugger.
     status, ctype, body = raw_get(
         server, f"{PAGE}?__debugger__=yes&cmd=printpin&s={secret}", source="127.0.0.2"
     )
-    assert (status, ctype) == (404, "application/problem+json")
+    assert (status, ctype) == (500, "application/problem+json")
+    assert "Traceback" not in body and "TypeError" not in body
     (line,) = server.wait_for_json_lines(
         lambda line: line.get("event") == "debugger_client_refused", count=1
     )
@@ -295,11 +320,13 @@ def test_brute_force_over_http_never_sleeps(
     slowest = 0.0
     for i in range(20):
         started = time.perf_counter()
-        response = session.get(f"{url}&cmd=pinauth&pin={i:04d}-1111-2222", timeout=5)
+        response = session.post(
+            f"{url}&cmd=pinauth", data={"pin": f"{i:04d}-1111-2222"}, timeout=5
+        )
         slowest = max(slowest, time.perf_counter() - started)
         assert response.json()["auth"] is False
     assert slowest < 0.1, f"a refused PIN took {slowest:.3f}s: the worker slept"
-    right = session.get(f"{url}&cmd=pinauth&pin={pin}", timeout=5)
+    right = session.post(f"{url}&cmd=pinauth", data={"pin": pin}, timeout=5)
     assert right.json() == {"auth": False, "exhausted": True}
     assert not session.cookies
     command = session.get(f"{url}&cmd=6*7&frm={frame}", timeout=5)
@@ -359,7 +386,8 @@ def test_django_application_behind_the_gate(gunicorn_server: t.Any) -> None:
     assert page.headers["Content-Type"].startswith("text/html")
     secret, frame = page_secret(page.text)
     url = f"{server.url}{PAGE}?__debugger__=yes&s={secret}"
-    assert session.get(f"{url}&cmd=pinauth&pin={pin}", timeout=5).json()["auth"]
+    answer = session.post(f"{url}&cmd=pinauth", data={"pin": pin}, timeout=5)
+    assert answer.json()["auth"]
     result = session.get(f"{url}&cmd=[price,%20quantity]&frm={frame}", timeout=5)
     assert result.status_code == 200
     assert re.sub(r"<[^>]+>", "", result.text).endswith("[None, 1]")
