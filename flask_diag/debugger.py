@@ -483,10 +483,7 @@ class DebuggerGate:
         settings: Settings | None = None,
         **overrides: object,
     ) -> None:
-        if settings is None:
-            settings = Settings.load(overrides)
-        elif overrides:
-            settings = settings.replace(**overrides)
+        settings = Settings.for_middleware(settings, overrides)
         self.app = app
         self.settings = settings
         self._lock = threading.Lock()

@@ -306,10 +306,7 @@ class ErrorEnvelope:
         exception_map: ExceptionMap | None = None,
         **overrides: object,
     ) -> None:
-        if settings is None:
-            settings = Settings.load(overrides)
-        elif overrides:
-            settings = settings.replace(**overrides)
+        settings = Settings.for_middleware(settings, overrides)
         self.app = app
         self.settings = settings
         #: The :class:`ExceptionMap` consulted for exceptions.

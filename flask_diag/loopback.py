@@ -966,10 +966,7 @@ class LoopbackGuard:
         callback_after: float = 0.5,
         **overrides: object,
     ) -> None:
-        if settings is None:
-            settings = Settings.load(overrides)
-        elif overrides:
-            settings = settings.replace(**overrides)
+        settings = Settings.for_middleware(settings, overrides)
         if not callback_after > 0:
             raise ValueError(f"callback_after must be positive, not {callback_after!r}")
         self.app = app

@@ -481,6 +481,20 @@ class Settings:
                 values[option.name] = _parse(option, raw, f"{key}=")
         return cls(**values)  # type: ignore[arg-type]
 
+    @classmethod
+    def for_middleware(
+        cls, settings: Settings | None, overrides: Mapping[str, object]
+    ) -> Settings:
+        """What a middleware's ``settings=`` and ``**overrides`` amount to:
+        the environment's settings with the overrides, or ``settings`` with
+        them (validated like keyword arguments).
+        """
+        if settings is None:
+            return cls.load(overrides)
+        if overrides:
+            return settings.replace(**overrides)
+        return settings
+
     def replace(self, **changes: object) -> Settings:
         """A copy with some values changed (validated like keyword arguments)."""
         parsed = {n: _parse(OPTIONS[n], v, f"{n}=") for n, v in changes.items()}

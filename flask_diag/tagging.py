@@ -91,10 +91,7 @@ class RequestTagging:
         settings: Settings | None = None,
         **overrides: object,
     ) -> None:
-        if settings is None:
-            settings = Settings.load(overrides)
-        elif overrides:
-            settings = settings.replace(**overrides)
+        settings = Settings.for_middleware(settings, overrides)
         self.app = app
         self.settings = settings
         name = settings.request_id_header

@@ -348,10 +348,7 @@ class Watchdog:
         **overrides: object,
     ) -> None:
         global _shortest_limit
-        if settings is None:
-            settings = Settings.load(overrides)
-        elif overrides:
-            settings = settings.replace(**overrides)
+        settings = Settings.for_middleware(settings, overrides)
         self.app = app
         self.settings = settings
         self.limit = settings.watchdog
