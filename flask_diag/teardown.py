@@ -72,6 +72,7 @@ import weakref
 from threading import get_ident
 
 import sentry_sdk
+from werkzeug.wsgi import ClosingIterator
 
 from . import sentry
 from .context import current_pid
@@ -171,18 +172,68 @@ class TeardownLeakError(DiagHTTPError):
 
 
 class _Request:
-    """One checked request, as the SQLAlchemy listeners see it."""
+    """One checked request, as the SQLAlchemy listeners see it, and (once
+    the app has answered) its response iterable: iteration goes straight to
+    the app's, and ``close()`` ends the request. One object per request."""
 
-    __slots__ = ("environ", "ident", "checkouts", "sessions", "sessions_done")
+    __slots__ = (
+        "environ",
+        "ident",
+        "checkouts",
+        "sessions",
+        "last",
+        "check",
+        "previous",
+        "body",
+        "app_iter",
+    )
 
-    def __init__(self, environ: WSGIEnvironment | None, ident: int) -> None:
+    def __init__(
+        self,
+        environ: WSGIEnvironment | None,
+        ident: int,
+        check: TeardownCheck | None = None,
+        previous: _Request | None = None,
+    ) -> None:
         self.environ = environ
         self.ident = ident
-        #: Connection record -> where it was checked out.
+        #: Connection record -> what the listeners know of its checkout.
         self.checkouts: dict[object, t.Any] = {}
         #: Session -> where the request first used it.
         self.sessions: dict[object, t.Any] = {}
-        self.sessions_done = False
+        #: The latest checkout: ``(DBAPI connection, stack)``.
+        self.last: tuple[object, t.Any] | None = None
+        self.check = check
+        #: The request this thread was serving before (a nested app).
+        self.previous = previous
+        self.body: t.Iterable[bytes] = ()
+        self.app_iter: t.Iterable[bytes] = ()
+
+    def __iter__(self) -> t.Iterator[bytes]:
+        return iter(self.body)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self.app_iter, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self.end()
+
+    def end(self) -> None:
+        """The response is closed: the request is over."""
+        check = self.check
+        assert check is not None
+        findings = check.finish(self)
+        if findings and check.raise_mode:
+            logger.error(
+                "teardown leak found after the response started",
+                request_id=findings[0].request_id,
+                hint="the status could no longer be changed to 500",
+            )
+
+
+_new_request = object.__new__
 
 
 class Watch:
@@ -198,25 +249,32 @@ class Watch:
         self.scoped: list[t.Any] = []
         self.session_classes: set[type] = set()
         self.lock = threading.Lock()
+        self.checker: t.Callable[[Watch, _Request], list[TeardownFinding]] | None = None
 
     def watch_engine(self, engine: t.Any) -> None:
         from . import teardown_sqlalchemy
 
         teardown_sqlalchemy.watch_engine(self, engine)
-        self.active = True
+        self._activate(teardown_sqlalchemy.check)
 
     def watch_session(self, factory: t.Any) -> None:
         from . import teardown_sqlalchemy
 
         teardown_sqlalchemy.watch_session(self, factory)
+        self._activate(teardown_sqlalchemy.check)
+
+    def _activate(
+        self, checker: t.Callable[[Watch, _Request], list[TeardownFinding]]
+    ) -> None:
+        # The check is kept here: no import statement per request.
+        self.checker = checker
         self.active = True
 
     def check(self, request: _Request) -> list[TeardownFinding]:
         if not request.checkouts and not request.sessions:
             return []
-        from . import teardown_sqlalchemy
-
-        return teardown_sqlalchemy.check(self, request)
+        checker = self.checker
+        return checker(self, request) if checker is not None else []
 
 
 _diag_watches: weakref.WeakKeyDictionary[object, Watch] = weakref.WeakKeyDictionary()
@@ -340,17 +398,36 @@ class TeardownCheck:
             return self._held(watch, environ, start_response)
         ident = get_ident()
         current = watch.current
-        previous = current.get(ident)
-        request = current[ident] = _Request(environ, ident)
+        # _Request(environ, ident, self, previous), without a Python
+        # __init__ call: this runs at every request.
+        request = _new_request(_Request)
+        request.environ = environ
+        request.ident = ident
+        request.checkouts = {}
+        request.sessions = {}
+        request.last = None
+        request.check = self
+        request.previous = current.get(ident)
+        current[ident] = request
         try:
             app_iter = self.app(environ, start_response)
         except BaseException:
-            self.finish(request, previous)
+            self.finish(request)
             raise
-        if is_file_wrapper(environ, app_iter):
-            self.finish(request, previous)  # the server sends it; we cannot wait
+        if type(app_iter) is ClosingIterator:
+            # What Flask (werkzeug) returns: its close() calls its
+            # callbacks in order, ours last, after the app's own. Cheaper
+            # than wrapping the response (iteration stays werkzeug's).
+            callbacks = getattr(app_iter, "_callbacks", None)
+            if type(callbacks) is list:
+                callbacks.append(request.end)
+                return app_iter
+        wrapper = environ.get("wsgi.file_wrapper")
+        if wrapper is not None and is_file_wrapper(environ, app_iter):
+            self.finish(request)  # the server sends it; we cannot wait
             return app_iter
-        return _Closing(self, request, previous, app_iter, app_iter)
+        request.body = request.app_iter = app_iter
+        return request
 
     def _first_request(self) -> None:
         with self._pending_lock:
@@ -361,27 +438,32 @@ class TeardownCheck:
             except Exception as exc:
                 report_internal_error("teardown check at the first request", exc)
 
-    def finish(
-        self, request: _Request, previous: _Request | None
-    ) -> list[TeardownFinding]:
+    def finish(self, request: _Request) -> list[TeardownFinding]:
         """End ``request``: restore the thread's previous request, check,
         report. Returns the findings."""
         current = self.watch.current
-        if request.ident == get_ident():
+        ident = request.ident
+        if ident == get_ident():
+            previous = request.previous
             if previous is None:
-                current.pop(request.ident, None)
+                current.pop(ident, None)
             else:
-                current[request.ident] = previous
+                current[ident] = previous
+        request.previous = None
+        if not request.checkouts and not request.sessions:
+            request.environ = None
+            return []  # the common case: nothing to look at
         try:
-            findings = self.watch.check(request)
+            checker = self.watch.checker
+            findings = checker(self.watch, request) if checker is not None else []
         except Exception as exc:
             report_internal_error("checking the end of a request", exc)
             findings = []
         environ = request.environ
         for finding in findings:
             report(finding, environ, self)
-        # A leaked connection keeps its record (and so this request) until
-        # it is checked in: do not keep the environ alive with it.
+        # The request may outlive its response (a server that keeps the
+        # iterable): do not keep the environ alive with it.
         request.environ = None
         return findings
 
@@ -392,19 +474,20 @@ class TeardownCheck:
     ) -> t.Iterable[bytes]:
         ident = get_ident()
         current = watch.current
-        previous = current.get(ident)
-        request = current[ident] = _Request(environ, ident)
+        request = _Request(environ, ident, self, current.get(ident))
+        current[ident] = request
         held = _HeldStart(start_response)
         try:
             app_iter = self.app(environ, held)
         except BaseException:
-            self.finish(request, previous)
+            self.finish(request)
             raise
         if held.committed or is_file_wrapper(environ, app_iter):
             # Headers already out (the app used ``write()``), or a file the
             # server sends itself: too late to change the status.
             held.commit()
-            return _Closing(self, request, previous, app_iter, app_iter)
+            request.body = request.app_iter = app_iter
+            return request
         chunks: list[bytes] = []
         size = 0
         iterator = iter(app_iter)
@@ -418,17 +501,18 @@ class TeardownCheck:
                 iterator = None  # type: ignore[assignment]
         except BaseException:
             _close(app_iter)
-            self.finish(request, previous)
+            self.finish(request)
             raise
         if iterator is not None:
             # Too large to hold: sent as it is, checked at the end anyway.
             held.commit()
-            body = _chain(chunks, iterator)
-            return _Closing(self, request, previous, body, app_iter)
+            request.body = _chain(chunks, iterator)
+            request.app_iter = app_iter
+            return request
         try:
             _close(app_iter)
         finally:
-            findings = self.finish(request, previous)
+            findings = self.finish(request)
         if findings:
             raise TeardownLeakError(findings)
         held.commit()
@@ -479,42 +563,6 @@ class _HeldStart:
         if not self.committed and self.args is not None:
             self.committed = True
             self.write = self.server(*self.args)
-
-
-class _Closing:
-    """The response iterable: iteration goes straight to the app's, and
-    ``close()`` ends the request."""
-
-    __slots__ = ("check", "request", "previous", "body", "app_iter")
-
-    def __init__(
-        self,
-        check: TeardownCheck,
-        request: _Request,
-        previous: _Request | None,
-        body: t.Iterable[bytes],
-        app_iter: t.Iterable[bytes],
-    ) -> None:
-        self.check = check
-        self.request = request
-        self.previous = previous
-        self.body = body
-        self.app_iter = app_iter
-
-    def __iter__(self) -> t.Iterator[bytes]:
-        return iter(self.body)
-
-    def close(self) -> None:
-        try:
-            _close(self.app_iter)
-        finally:
-            findings = self.check.finish(self.request, self.previous)
-            if findings and self.check.raise_mode:
-                logger.error(
-                    "teardown leak found after the response started",
-                    request_id=findings[0].request_id,
-                    hint="the status could no longer be changed to 500",
-                )
 
 
 # -- reporting -----------------------------------------------------------------------
@@ -620,7 +668,7 @@ def _watch_flask_sqlalchemy(app: t.Any, watch: Watch) -> bool:
     from . import teardown_sqlalchemy
 
     teardown_sqlalchemy.watch_flask_sqlalchemy(watch, app, db)
-    watch.active = True
+    watch._activate(teardown_sqlalchemy.check)
     return True
 
 

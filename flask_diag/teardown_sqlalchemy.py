@@ -1,19 +1,33 @@
 """SQLAlchemy listeners of the session-teardown checks.
 
 Imported by :mod:`flask_diag.teardown` only when an engine or a session is
-watched: SQLAlchemy is an optional extra.
+watched: SQLAlchemy is an optional extra. Everything here runs inside the
+app's requests, so the common case (nothing leaks) is kept to a few
+dictionary operations; the work of naming a leak is done only when there
+is one.
 
-Connections: ``checkout`` / ``checkin`` / ``detach`` pool events on each
-watched engine. A checkout made by a thread that is serving a checked
-request is recorded with its stack (code objects and line numbers only,
-formatted when reported); the checkin removes it, from whatever thread.
+Connections: one ``checkout`` pool listener on each watched engine (no
+``checkin`` listener). A checkout made by a thread that is serving a
+checked request is recorded with its stack and the pool record's token
+(``fairy_ref``, which SQLAlchemy replaces at every checkout and clears at
+the checkin); at the end of the request a record that still holds the same
+token is still checked out by it. Stacks are code objects and instruction
+offsets, from the app's innermost frame up, taken with a learned jump over
+SQLAlchemy's own frames (see ``capture_stack``); lines and source are
+worked out when a leak is reported.
 
-Sessions: one set of class-level listeners on ``Session`` for the process
-(``after_begin``, ``do_orm_execute``, ``after_attach``), installed at the
-first watch, that hand each event to the watches concerned: the session's
-class comes from a watched ``sessionmaker`` / ``scoped_session``, or its
-transaction began on a watched engine. Per-session facts (which requests and
-threads used it) live in ``session.info``, SQLAlchemy's place for them.
+Sessions: two class-level listeners on ``Session`` for the process
+(``after_begin``, ``after_attach``; they fire once per transaction and per
+``add()``, and return at once for sessions of unwatched factories and
+engines), installed at the first watch, that hand each event to the watches
+concerned: the session's class comes from a watched ``sessionmaker`` /
+``scoped_session``, or its transaction began on a watched engine. A session
+whose transaction or pending changes outlive a request (or begin outside
+one) also gets its own ``do_orm_execute`` listener, so that the next
+request's use of it is seen without a ``begin`` (the module-global session);
+no other session pays for ``do_orm_execute``. Per-session facts (which
+requests and threads used it) are kept on the session, and only for a
+session that something else still holds at the end of the request.
 """
 
 from __future__ import annotations
@@ -23,41 +37,176 @@ import sys
 import threading
 import typing as t
 import weakref
+from sys import getrefcount
 from threading import get_ident
 
 from sqlalchemy import event
 from sqlalchemy.orm import scoped_session
 from sqlalchemy.orm import Session
 from sqlalchemy.orm import sessionmaker
+from sqlalchemy.pool.base import _ConnectionRecord
 from sqlalchemy.util import ThreadLocalRegistry
 
 from .teardown import _Request
 from .teardown import request_fields
+from .teardown import TeardownCheck
 from .teardown import TeardownFinding
 from .teardown import Watch
 
 if t.TYPE_CHECKING:
     from types import CodeType
+    from types import FrameType
 
 _INFO_KEY = "flask_diag.teardown"
 _STACK_LIMIT = 48
 _THREADS_LIMIT = 64
 
-Stack = tuple[tuple["CodeType", int], ...]
+#: A stack, innermost frame first, flattened: ``[code, lasti, code, lasti,
+#: ...]``. Taking it is one short loop (no line numbers, no tuples, no
+#: source); the lines are worked out only when a leak is reported.
+Stack = list[t.Any]
+
+
+def _stop_codes() -> tuple[CodeType, CodeType, CodeType]:
+    """The frames that end a stack: the middleware's (above it is the
+    server's code, the same for every request) and, in a Flask app, the
+    dispatch to the view (above it is Flask's request handling). Every frame
+    walked costs a frame object: the stack holds the app's frames and the
+    library frames under them, not the machinery above."""
+    call = TeardownCheck.__call__.__code__
+    held = TeardownCheck._held.__code__
+    flask_app = sys.modules.get("flask.app")
+    flask_class = getattr(flask_app, "Flask", None)
+    dispatch = getattr(flask_class, "dispatch_request", None)
+    code = getattr(dispatch, "__code__", None)
+    return call, held, code if code is not None else call
+
+
+_STOP_CODES = _stop_codes()
 
 
 # -- stacks ------------------------------------------------------------
 
 
-def capture_stack(skip: int = 2) -> Stack:
-    """The calling stack, innermost first: ``(code, line)`` pairs, cheap to
-    take (no source lines read, no locals kept)."""
-    frames: list[tuple[CodeType, int]] = []
-    frame = sys._getframe(skip)
-    while frame is not None and len(frames) < _STACK_LIMIT:
-        frames.append((frame.f_code, frame.f_lineno))
-        frame = frame.f_back  # type: ignore[assignment]
-    return tuple(frames)
+def _walk(frame: FrameType | None) -> Stack:
+    """The stack from ``frame`` outwards, up to a stop frame."""
+    stack: Stack = []
+    append = stack.append
+    stop_call, stop_held, stop_flask = _STOP_CODES
+    left = _STACK_LIMIT
+    while frame is not None and left:
+        code = frame.f_code
+        if code is stop_call or code is stop_held or code is stop_flask:
+            break
+        append(code)
+        append(frame.f_lasti)
+        frame = frame.f_back
+        left -= 1
+    return stack
+
+
+# Taking a stack costs one frame object per frame walked (Python makes them
+# on demand), most of them SQLAlchemy's own frames under the app's. So the
+# walk is learned per call site: the first time, a full walk finds the
+# innermost frame of the app's code, at some depth from the listener; that
+# frame (code object and instruction) is remembered as a *site*, with the
+# number of frames from it to the stop frame. Afterwards ``sys._getframe``
+# jumps straight to that depth (no frame objects for the frames in between)
+# and, when the frame there is a known site, the stack is taken from it: the
+# app's frames, innermost first, as many as the first time. Anything else
+# (another path, another depth) takes the full walk, and is learned. This is
+# knowledge about code (SQLAlchemy's and the app's call sites), the same for
+# every app of the process; it is bounded.
+_SITES_LIMIT = 4096
+_DEPTHS_LIMIT = 8
+#: ``(kind, depth, id(code), lasti)`` -> ``(code, frames)``; the code object
+#: is kept so that its id stays its own.
+_sites: dict[tuple[int, int, int, int], tuple[CodeType, int]] = {}
+#: ``kind`` -> depths where sites were found, the latest first.
+_depths: dict[int, list[int]] = {}
+_app_files: dict[str, bool] = {}
+
+#: Kinds of call: they differ in the frames between the listener and the
+#: app's code.
+CHECKOUT = 0
+SESSION_USE = 1
+
+
+def capture_stack(kind: int, skip: int) -> Stack:
+    """The calling stack from the app's innermost frame outwards, up to the
+    middleware's (or Flask's dispatch) frame: the code object and the
+    instruction offset of each frame, flattened (no line numbers, no
+    source, no locals kept). ``skip``: frames to leave out (this one, the
+    listener...)."""
+    depths = _depths.get(kind)
+    if depths:
+        getframe = sys._getframe
+        for depth in depths:
+            try:
+                frame: FrameType | None = getframe(skip + depth)
+            except ValueError:  # a shallower stack
+                continue
+            assert frame is not None
+            code = frame.f_code
+            site = _sites.get((kind, depth, id(code), frame.f_lasti))
+            if site is None or site[0] is not code:
+                continue
+            stack: Stack = [code, frame.f_lasti]
+            left = site[1] - 1
+            # f_back makes the caller's frame object: taken only when the
+            # frame is wanted (not the stop frame above the last one).
+            while left:
+                frame = frame.f_back
+                if frame is None:
+                    break
+                stack.append(frame.f_code)
+                stack.append(frame.f_lasti)
+                left -= 1
+            return stack
+    return _learn(kind, _walk(sys._getframe(skip)))
+
+
+def _learn(kind: int, stack: Stack) -> Stack:
+    """Remember where the app's code starts in ``stack`` (a full walk);
+    the stack from there."""
+    for i in range(0, len(stack), 2):
+        code = stack[i]
+        filename = code.co_filename
+        app = _app_files.get(filename)
+        if app is None:
+            if len(_app_files) >= _SITES_LIMIT:
+                _app_files.clear()
+            app = _app_files[filename] = _is_app_code(filename)
+        if app:
+            depth = i // 2
+            if len(_sites) >= _SITES_LIMIT:
+                _sites.clear()
+            frames = (len(stack) - i) // 2
+            _sites[(kind, depth, id(code), stack[i + 1])] = (code, frames)
+            depths = _depths.setdefault(kind, [])
+            if depth in depths:
+                depths.remove(depth)
+            depths.insert(0, depth)
+            del depths[_DEPTHS_LIMIT:]
+            return stack[i:]
+    return stack  # no app code: all of it
+
+
+def _frames(stack: Stack) -> t.Iterator[tuple[CodeType, int]]:
+    """``(code, line)`` of each frame of ``stack``, innermost first."""
+    for i in range(0, len(stack) - 1, 2):
+        code = stack[i]
+        yield code, _line_of(code, stack[i + 1])
+
+
+def _line_of(code: CodeType, lasti: int) -> int:
+    """The line of the instruction at offset ``lasti`` (``frame.f_lineno``,
+    computed when needed)."""
+    if lasti >= 0:
+        for start, end, line in code.co_lines():
+            if start <= lasti < end:
+                return line if line is not None else code.co_firstlineno
+    return code.co_firstlineno
 
 
 def _library_roots() -> tuple[str, ...]:
@@ -93,10 +242,13 @@ def _describe(code: CodeType, line: int) -> str:
 
 def where_of(stack: Stack) -> str | None:
     """The innermost frame of the app's own code, else the innermost one."""
-    for code, line in stack:
+    first = None
+    for code, line in _frames(stack):
+        if first is None:
+            first = (code, line)
         if _is_app_code(code.co_filename):
             return _describe(code, line)
-    return _describe(*stack[0]) if stack else None
+    return _describe(*first) if first is not None else None
 
 
 def format_stack(stack: Stack) -> tuple[str, ...]:
@@ -104,7 +256,7 @@ def format_stack(stack: Stack) -> tuple[str, ...]:
     import linecache
 
     lines = []
-    for code, line in reversed(stack):
+    for code, line in reversed(list(_frames(stack))):
         text = linecache.getline(code.co_filename, line).strip()
         entry = _describe(code, line)
         lines.append(f"{entry}: {text}" if text else entry)
@@ -117,34 +269,48 @@ def format_stack(stack: Stack) -> tuple[str, ...]:
 class _SessionInfo:
     """What flask_diag knows about one session (kept in ``session.info``)."""
 
-    __slots__ = ("watches", "requests", "threads", "scoped", "name")
+    __slots__ = (
+        "watches",
+        "requests",
+        "threads",
+        "scoped",
+        "name",
+        "followed",
+        "engine",
+    )
 
-    def __init__(self) -> None:
-        self.watches: list[Watch] = []
-        self.requests = 0
-        self.threads: set[int] = set()
-        self.scoped = False
-        self.name: str | None = None
+    #: The watches the session concerns.
+    watches: list[Watch]
+    #: How many requests used it, and from which threads.
+    requests: int
+    threads: set[int]
+    #: Whether a scoped_session held it at the end of a request.
+    scoped: bool
+    #: Its module-global name, once looked up.
+    name: str | None
+    #: Whether the session's own executions are listened to.
+    followed: bool
+    #: The engine the watches were last matched against.
+    engine: object | None
 
 
-class _Use:
-    """A session's first use in a request."""
-
-    __slots__ = ("stack",)
-
-    def __init__(self, stack: Stack) -> None:
-        self.stack = stack
-
-
-class _Checkout:
-    __slots__ = ("url", "stack")
-
-    def __init__(self, url: str, stack: Stack) -> None:
-        self.url = url
-        self.stack = stack
+#: What a request knows of a connection it checked out, by pool record:
+#: ``(engine url, token, stack)``. The token is the record's ``fairy_ref``
+#: at the checkout: the connection is still out while the record holds that
+#: same token (SQLAlchemy sets it to ``None`` at the checkin and makes a new
+#: one at the next checkout), so no ``checkin`` listener is needed.
+Checkout = tuple[str, object, Stack]
+_TOKENS = "fairy_ref" in getattr(_ConnectionRecord, "__slots__", ())
+_NO_TOKEN = object()
+_new = object.__new__
 
 
 _watches: list[weakref.ref[Watch]] = []
+#: The ids of every engine and session class ever watched in the process:
+#: the class-level ``after_begin`` listener returns at once for other
+#: sessions. Only a filter (_adopt decides): a reused id costs a look.
+_engine_ids: set[int] = set()
+_class_ids: set[int] = set()
 _hooks_lock = threading.Lock()
 _hooks_installed = False
 
@@ -156,76 +322,148 @@ def _register(watch: Watch) -> None:
         if not any(r() is watch for r in _watches):
             _watches.append(weakref.ref(watch))
         if not _hooks_installed:
+            # Two events that fire at most once per transaction (and per
+            # add()): cheap for every Session of the process. Executions
+            # are listened to only on the sessions that need it (_follow).
             event.listen(Session, "after_begin", _on_begin)
-            event.listen(Session, "do_orm_execute", _on_execute)
             event.listen(Session, "after_attach", _on_attach)
             _hooks_installed = True
 
 
 def _info_of(session: Session, create: bool) -> _SessionInfo | None:
-    info = session.info.get(_INFO_KEY)
+    # An attribute of ours on the session (its __dict__): reading
+    # ``session.info`` would build a dict for every session.
+    info: _SessionInfo | None = session.__dict__.get(_INFO_KEY)
     if info is None and create:
-        info = session.info[_INFO_KEY] = _SessionInfo()
+        info = session.__dict__[_INFO_KEY] = _new_info()
     return info
 
 
-def _adopt(session: Session, engine: object | None) -> _SessionInfo | None:
-    """The session's info, with the watches it concerns; ``None`` when no
-    watch is concerned."""
-    info = _info_of(session, False)
+def _new_info() -> _SessionInfo:
+    info: _SessionInfo = _new(_SessionInfo)
+    info.watches = []
+    info.requests = 0
+    info.threads = set()
+    info.scoped = False
+    info.name = None
+    info.followed = False
+    info.engine = None
+    return info
+
+
+def _concerned(
+    session: Session, engine: object | None, known: t.Sequence[Watch] = ()
+) -> list[Watch]:
+    """The watches (other than ``known``) that ``session`` concerns: its
+    class comes from a watched factory, or it runs on a watched engine."""
     cls = type(session)
     if engine is None:
         # No connection yet (pending changes only): the session's own bind.
         engine = getattr(session, "bind", None)
+    found = []
     for ref in _watches:
         watch = ref()
-        if watch is None or (info is not None and watch in info.watches):
+        if watch is None or watch in known:
             continue
         if cls in watch.session_classes or (
             engine is not None and any(e is engine for e in watch.engines)
         ):
-            if info is None:
-                info = _info_of(session, True)
-                assert info is not None
-            info.watches.append(watch)
+            found.append(watch)
+    return found
+
+
+def _adopt(session: Session, engine: object | None) -> _SessionInfo | None:
+    """The session's info, with the watches it concerns (created when
+    needed); ``None`` when no watch is concerned."""
+    info = _info_of(session, False)
+    more = _concerned(session, engine, info.watches if info is not None else ())
+    if more:
+        if info is None:
+            info = _info_of(session, True)
+            assert info is not None
+        info.watches.extend(more)
+    if info is not None and engine is not None:
+        info.engine = engine
     return info
 
 
-def _touch(session: Session, info: _SessionInfo) -> None:
-    """Attribute ``session`` to the request this thread serves, once."""
+def _touch(session: Session, watches: t.Sequence[Watch], dbapi: object = None) -> bool:
+    """Attribute ``session`` to the request this thread serves, once.
+    Whether this thread serves a request. (What the session did is looked
+    at, and counted, at the end of the request.)
+
+    ``dbapi``: the DBAPI connection the session has just checked out to
+    begin (``after_begin``): the stack of that checkout is where the
+    session was used, no need to take it again."""
     ident = get_ident()
-    for watch in info.watches:
+    served = False
+    for watch in watches:
         request = watch.current.get(ident)
-        if request is None or session in request.sessions:
+        if request is None:
             continue
-        info.requests += 1
-        if len(info.threads) < _THREADS_LIMIT:
-            info.threads.add(ident)
-        if not info.scoped and any(_holds(s, session) for s in watch.scoped):
-            info.scoped = True
-        request.sessions[session] = _Use(capture_stack(3))
+        served = True
+        if session in request.sessions:
+            continue
+        last = request.last
+        if dbapi is not None and last is not None and last[0] is dbapi:
+            request.sessions[session] = last[1]
+        else:
+            request.sessions[session] = capture_stack(SESSION_USE, 2)
+    return served
 
 
-def _on_begin(session: Session, transaction: object, connection: t.Any) -> None:
-    info = _adopt(session, connection.engine)
-    if info is not None:
-        _touch(session, info)
+def _follow(session: Session, info: _SessionInfo) -> None:
+    """Listen to ``session``'s own executions: its transaction (or its
+    pending changes) outlives a request, so the next request may use it
+    without beginning anything (the module-global session of pitfall 6).
+    Only such sessions pay for ``do_orm_execute``."""
+    if info.followed:
+        return
+    info.followed = True
+    event.listen(session, "do_orm_execute", _on_execute)
+
+
+def _on_begin(session: Session, transaction: t.Any, connection: t.Any) -> None:
+    info: _SessionInfo | None = session.__dict__.get(_INFO_KEY)
+    engine = connection.engine
+    if info is None:
+        if id(type(session)) not in _class_ids and id(engine) not in _engine_ids:
+            return  # a session nothing watches: the common case elsewhere
+        # No info yet: none is made unless the session outlives its
+        # request (see check()).
+        watches = _concerned(session, engine)
+        if not watches:
+            return
+    else:
+        if info.engine is not engine:
+            _adopt(session, engine)
+        watches = info.watches
+    dbapi = None
+    try:
+        # The session connected to begin (it will close the connection):
+        # the checkout it just made says where it was used.
+        if transaction._connections[connection][3]:
+            dbapi = connection.connection.dbapi_connection
+    except Exception:
+        dbapi = None
+    if not _touch(session, watches, dbapi):
+        # Begun outside any request.
+        info = _adopt(session, engine)
+        if info is not None:
+            _follow(session, info)
 
 
 def _on_execute(state: t.Any) -> None:
     session = state.session
     info = _info_of(session, False)
-    if info is None:
-        info = _adopt(session, None)  # a watched factory's session
-        if info is None:
-            return  # unknown yet: its after_begin decides
-    _touch(session, info)
+    if info is not None:
+        _touch(session, info.watches)
 
 
 def _on_attach(session: Session, instance: object) -> None:
     info = _info_of(session, False) or _adopt(session, None)
-    if info is not None:
-        _touch(session, info)
+    if info is not None and not _touch(session, info.watches):
+        _follow(session, info)  # pending changes from outside any request
 
 
 def _holds(scoped: t.Any, session: Session) -> bool:
@@ -233,7 +471,9 @@ def _holds(scoped: t.Any, session: Session) -> bool:
     it is thread-local)."""
     registry = scoped.registry
     if isinstance(registry, ThreadLocalRegistry):
-        return getattr(registry.registry, "value", None) is session
+        # The thread's dict of the threading.local: no AttributeError built
+        # for a registry that is empty (the usual case, after remove()).
+        return registry.registry.__dict__.get("value") is session
     store = getattr(registry, "registry", None)
     if isinstance(store, dict):
         return any(value is session for value in list(store.values()))
@@ -249,34 +489,57 @@ def watch_engine(watch: Watch, engine: t.Any) -> None:
         if any(e is engine for e in watch.engines):
             return
         watch.engines.append(engine)
-    ref = weakref.ref(watch)
+    _engine_ids.add(id(engine))
+    _refresh_stop_codes()
     url = engine.url.render_as_string(hide_password=True)
-    # Connection record -> the request that checked it out.
-    owners: dict[object, _Request] = {}
+    # The listener holds the watch's dict of requests in flight, not the
+    # watch (nor the app): the engine may outlive both.
+    current = watch.current
 
-    def on_checkout(dbapi_connection: object, record: object, proxy: object) -> None:
-        watch = ref()
-        if watch is None:
-            return
-        request = watch.current.get(get_ident())
-        if request is not None:
-            request.checkouts[record] = _Checkout(url, capture_stack())
-            owners[record] = request
+    if _TOKENS:
 
-    def on_checkin(dbapi_connection: object, record: object) -> None:
-        request = owners.pop(record, None)
-        if request is not None:
-            request.checkouts.pop(record, None)
+        def on_checkout(dbapi_connection: object, record: t.Any, proxy: object) -> None:
+            request = current.get(get_ident())
+            if request is not None:
+                stack = capture_stack(CHECKOUT, 2)
+                request.checkouts[record] = (url, record.fairy_ref, stack)
+                request.last = (dbapi_connection, stack)
 
-    event.listen(engine, "checkout", on_checkout)
-    event.listen(engine, "checkin", on_checkin)
-    event.listen(engine, "detach", on_checkin)
+        event.listen(engine, "checkout", on_checkout)
+    else:
+        # A SQLAlchemy without ``fairy_ref``: the checkin says it.
+        owners: dict[object, _Request] = {}
+
+        def on_checkout_owner(
+            dbapi_connection: object, record: object, proxy: object
+        ) -> None:
+            request = current.get(get_ident())
+            if request is not None:
+                stack = capture_stack(CHECKOUT, 2)
+                request.checkouts[record] = (url, _NO_TOKEN, stack)
+                request.last = (dbapi_connection, stack)
+                owners[record] = request
+
+        def on_checkin(dbapi_connection: object, record: object) -> None:
+            request = owners.pop(record, None)
+            if request is not None:
+                request.checkouts.pop(record, None)
+
+        event.listen(engine, "checkout", on_checkout_owner)
+        event.listen(engine, "checkin", on_checkin)
+        event.listen(engine, "detach", on_checkin)
     _register(watch)
+
+
+def _refresh_stop_codes() -> None:
+    global _STOP_CODES
+    _STOP_CODES = _stop_codes()  # Flask may be imported after this module
 
 
 def watch_session(watch: Watch, factory: t.Any) -> None:
     """Watch the sessions of a ``scoped_session``, a ``sessionmaker``, a
     ``Session`` subclass, or one ``Session`` object."""
+    _refresh_stop_codes()
     inner = factory
     if isinstance(factory, scoped_session):
         with watch.lock:
@@ -285,13 +548,16 @@ def watch_session(watch: Watch, factory: t.Any) -> None:
         inner = factory.session_factory
     if isinstance(inner, sessionmaker):
         watch.session_classes.add(inner.class_)
+        _class_ids.add(id(inner.class_))
     elif isinstance(inner, type) and issubclass(inner, Session):
         watch.session_classes.add(inner)
+        _class_ids.add(id(inner))
     elif isinstance(inner, Session):
         info = _info_of(inner, True)
         assert info is not None
         if watch not in info.watches:
             info.watches.append(watch)
+        _follow(inner, info)  # one object, used by any request: every use
     else:
         raise TypeError(
             "watch_session() takes a scoped_session, a sessionmaker, a Session"
@@ -371,43 +637,115 @@ def _is_shared(info: _SessionInfo) -> bool:
     return not info.scoped and (info.requests > 1 or len(info.threads) > 1)
 
 
+_NOTHING_PENDING = (0, 0, 0)
+#: ``sys.getrefcount(session)`` in check() when only check() holds it: the
+#: dict of the request's sessions, the loop variable, the call's argument.
+_UNHELD_REFS = 3
+
+
+def _pending(session: Session) -> tuple[int, int, int]:
+    """``(new, changed, deleted)`` counts of ``session``."""
+    try:
+        quiet = not (session._new or session._deleted or session.identity_map._modified)
+    except AttributeError:  # another SQLAlchemy's internals: the public way
+        quiet = False
+    if quiet:
+        return (0, 0, 0)  # the common case, without building three sets
+    return (len(session.new), len(session.dirty), len(session.deleted))
+
+
 def check(watch: Watch, request: _Request) -> list[TeardownFinding]:
     """The findings of ``request`` at its end."""
+    leaked = []
+    checkouts: dict[t.Any, Checkout] = request.checkouts
+    if checkouts:
+        request.checkouts = {}
+        for record, checkout in checkouts.items():
+            # Still out under the same checkout (see Checkout).
+            token = checkout[1]
+            if token is _NO_TOKEN or record.fairy_ref is token:
+                leaked.append((record, checkout))
+    flagged = []
+    sessions: dict[t.Any, Stack] = request.sessions
+    if sessions:
+        request.sessions = {}
+        same_thread = request.ident == get_ident()
+        for session, use in sessions.items():
+            info: _SessionInfo | None = session.__dict__.get(_INFO_KEY)
+            try:
+                # _pending()'s first look, inline: this runs at every request.
+                busy = bool(
+                    session._new or session._deleted or session.identity_map._modified
+                )
+            except AttributeError:
+                busy = True
+            pending = _pending(session) if busy else _NOTHING_PENDING
+            open_transaction = session.in_transaction()
+            held = []
+            if same_thread:
+                for scoped in watch.scoped:
+                    registry = scoped.registry
+                    if type(registry) is ThreadLocalRegistry:
+                        # _holds(), inline: this runs at every request. The
+                        # thread's own dict: getattr() with a default would
+                        # build (and drop) an AttributeError after remove().
+                        if registry.registry.__dict__.get("value") is session:
+                            held.append(scoped)
+                    elif _holds(scoped, session):
+                        held.append(scoped)
+            if info is None:
+                if (
+                    not (open_transaction or busy or held)
+                    and getrefcount(session) <= _UNHELD_REFS
+                ):
+                    # Clean, and nothing but this loop holds it (a removed
+                    # scoped session, a closed 'with Session()'): no later
+                    # request can use it, nothing to remember.
+                    continue
+                info = _info_of(session, True)
+                assert info is not None
+                info.watches.append(watch)
+            # The request's use, counted now that it is over.
+            info.requests += 1
+            if len(info.threads) < _THREADS_LIMIT:
+                info.threads.add(request.ident)
+            if held:
+                info.scoped = True
+            shared = _is_shared(info)
+            if open_transaction or held or shared or any(pending):
+                flagged.append(
+                    (session, use, info, pending, open_transaction, shared, held)
+                )
+    if not flagged and not leaked:
+        return []  # the common case: nothing to format
     fields = request_fields(request.environ)
     at = f"{fields.get('method')} {fields.get('path')}"
     findings: list[TeardownFinding] = []
-    for record, checkout in list(request.checkouts.items()):
-        where = where_of(checkout.stack)
+    for record, (url, _token, checkout_stack) in leaked:
+        where = where_of(checkout_stack)
         findings.append(
             TeardownFinding(
                 kind="connection_checked_out",
-                what=f"connection of {checkout.url}",
+                what=f"connection of {url}",
                 message=(
-                    f"A connection of {checkout.url} checked out at {where} was not"
+                    f"A connection of {url} checked out at {where} was not"
                     f" returned to the pool at the end of {at}: it stays checked"
                     " out, with any transaction on it, until something closes it."
                 ),
                 fix=_CONNECTION_FIX,
                 where=where,
-                stack=format_stack(checkout.stack),
-                details={"engine": checkout.url, "connection": f"0x{id(record):x}"},
+                stack=format_stack(checkout_stack),
+                details={"engine": url, "connection": f"0x{id(record):x}"},
                 **fields,
             )
         )
-    sessions, request.sessions = request.sessions, {}
-    same_thread = request.ident == get_ident()
-    for session, use in sessions.items():
-        session = t.cast(Session, session)
-        info = _info_of(session, False)
-        pending = (len(session.new), len(session.dirty), len(session.deleted))
-        open_transaction = session.in_transaction()
-        shared = info is not None and _is_shared(info)
-        held = [s for s in watch.scoped if _holds(s, session)] if same_thread else []
-        if not (open_transaction or any(pending) or held or shared):
-            continue  # the common case: nothing to format
-        where = where_of(use.stack)
-        stack = format_stack(use.stack)
+    for session, use, info, pending, open_transaction, shared, held in flagged:
+        where = where_of(use)
+        stack = format_stack(use)
         if open_transaction or any(pending):
+            if info is not None:
+                # The next request may use it without beginning anything.
+                _follow(session, info)
             name = _session_name(session, info)
             state = []
             if open_transaction:
