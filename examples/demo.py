@@ -7,7 +7,8 @@ directly with an environment that has flask_diag and gunicorn installed::
     python examples/demo.py errors     # one of them (or several)
 
 Scenarios: ``secret-key`` (pitfall 1), ``self-call`` (pitfall 2),
-``debugger`` (pitfall 3), ``errors`` (pitfall 5), ``session`` (pitfall 6),
+``debugger`` (pitfall 3), ``pdb`` (pitfall 4), ``errors`` (pitfall 5),
+``session`` (pitfall 6),
 ``workers`` (pitfall 7),
 ``doctor`` (``flask diag check`` and ``flask diag probe`` on the examples).
 
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import typing as t
 import urllib.error
@@ -596,6 +598,95 @@ def scenario_debugger() -> None:
     say("    " + command.strip())
 
 
+PDB_PROMPT = b"(Pdb) "
+
+
+def pdb_session(port: int, commands: list[str], timeout: float = 20) -> list[str]:
+    """Attach to a remote pdb like ``nc`` would, run ``commands``; the text
+    up to each prompt, then what came until the server closed the
+    connection."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=1)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no remote pdb on port {port}") from None
+            time.sleep(0.1)
+    sock.settimeout(timeout)
+    outputs = []
+    with sock:
+        data = b""
+        for line in [None, *commands]:
+            if line is not None:
+                sock.sendall(line.encode() + b"\n")
+            data = b""
+            while not data.endswith(PDB_PROMPT):
+                chunk = sock.recv(65536)
+                if not chunk:  # the session ended: the server closed it
+                    break
+                data += chunk
+            outputs.append(data.decode(errors="replace"))
+            if not data.endswith(PDB_PROMPT):
+                break
+    return outputs
+
+
+def scenario_pdb() -> None:
+    title("Pitfall 4: a remote pdb inside a gunicorn worker")
+    say("examples/pitfall4_pdb/app.py calls breakpoint() in GET /answer.")
+    cwd = EXAMPLES / "pitfall4_pdb"
+    hook = {"PYTHONBREAKPOINT": "flask_diag.set_trace"}
+    with gunicorn(
+        "app:app", "-w", "1", "--timeout", "600", cwd=cwd, env=hook
+    ) as server:
+        status, _, body = request("GET", server.url + "/answer")
+        line = wait_for_line(
+            server, lambda x: x.get("event") == "forgotten breakpoint ignored"
+        )
+    say(f"  FLASK_DIAG_PDB off: GET /answer -> {status} {body.decode().strip()}")
+    if line is not None:
+        say(
+            f"  log: {line['event']!r} at {Path(str(line.get('file'))).name}:"
+            f"{line.get('line')}, request_id {line.get('request_id')}"
+        )
+    say("\nWith FLASK_DIAG_PDB=on the request waits in the breakpoint and the")
+    say("worker listens on 127.0.0.1 for a debugger (here attached like nc):")
+    port = free_port()
+    env = {**hook, "FLASK_DIAG_PDB": "on", "FLASK_DIAG_PDB_PORT": str(port)}
+    answers: list[tuple[int, dict[str, str], bytes]] = []
+    with gunicorn("app:app", "-w", "1", "--timeout", "600", cwd=cwd, env=env) as server:
+        client = threading.Thread(
+            target=lambda: answers.append(
+                request("GET", server.url + "/answer", timeout=60)
+            ),
+            daemon=True,
+        )
+        client.start()
+        outputs = pdb_session(port, ["p request.path", "n", "!answer = 42", "c"])
+        client.join(timeout=30)
+    banner = [x for x in outputs[0].splitlines() if x.startswith("***")]
+    for text in banner:
+        say("  " + textwrap.shorten(text, width=100, placeholder=" ..."))
+    for command, output in zip(
+        ["p request.path", "n", "!answer = 42", "c"], outputs[1:], strict=False
+    ):
+        shown = [x for x in output.splitlines() if x and not x.startswith("(Pdb)")]
+        say(f"  (Pdb) {command}")
+        for text in shown[:2]:
+            say("    " + textwrap.shorten(text, width=96, placeholder=" ..."))
+    if answers:
+        status, headers, body = answers[0]
+        say(
+            f"  GET /answer -> {status} {body.decode().strip()}  "
+            f"(X-Diag-PID {headers.get('X-Diag-PID')})"
+        )
+    say("After 'c' the server closed the connection itself; 'quit' would have")
+    say("detached and let the request go on. python -m flask_diag pdb PORT is")
+    say("the client with history and line editing.")
+
+
 TEARDOWN_PATHS = (
     # The clean views first: a leaked SQLite transaction keeps the database
     # locked for every later writer, which is a symptom of its own.
@@ -737,6 +828,7 @@ SCENARIOS: dict[str, Callable[[], None]] = {
     "secret-key": scenario_secret_key,
     "self-call": scenario_self_call,
     "debugger": scenario_debugger,
+    "pdb": scenario_pdb,
     "errors": scenario_errors,
     "session": scenario_session,
     "workers": scenario_workers,
