@@ -201,7 +201,7 @@ class _Request:
         self.checkouts: dict[object, t.Any] = {}
         #: Session -> where the request first used it.
         self.sessions: dict[object, t.Any] = {}
-        #: The latest checkout: ``(DBAPI connection, stack)``.
+        #: The latest checkout: ``(pool proxy, stack)``.
         self.last: tuple[object, t.Any] | None = None
         self.check = check
         #: The request this thread was serving before (a nested app).

@@ -114,9 +114,11 @@ def _walk(frame: FrameType | None) -> Stack:
 # jumps straight to that depth (no frame objects for the frames in between)
 # and, when the frame there is a known site, the stack is taken from it: the
 # app's frames, innermost first, as many as the first time. Anything else
-# (another path, another depth) takes the full walk, and is learned. This is
-# knowledge about code (SQLAlchemy's and the app's call sites), the same for
-# every app of the process; it is bounded.
+# (another path, another depth) takes the full walk, and is learned. The
+# site found last for each kind of call is tried first, without building a
+# key (a request usually checks out from the same line as the previous
+# one). This is knowledge about code (SQLAlchemy's and the app's call
+# sites), the same for every app of the process; it is bounded.
 _SITES_LIMIT = 4096
 _DEPTHS_LIMIT = 8
 #: ``(kind, depth, id(code), lasti)`` -> ``(code, frames)``; the code object
@@ -124,6 +126,9 @@ _DEPTHS_LIMIT = 8
 _sites: dict[tuple[int, int, int, int], tuple[CodeType, int]] = {}
 #: ``kind`` -> depths where sites were found, the latest first.
 _depths: dict[int, list[int]] = {}
+#: ``kind`` -> the site found last: ``(depth, code, lasti, frames)``.
+_hot: list[tuple[int, CodeType, int, int] | None] = [None, None]
+_getframe = sys._getframe
 _app_files: dict[str, bool] = {}
 
 #: Kinds of call: they differ in the frames between the listener and the
@@ -138,20 +143,43 @@ def capture_stack(kind: int, skip: int) -> Stack:
     instruction offset of each frame, flattened (no line numbers, no
     source, no locals kept). ``skip``: frames to leave out (this one, the
     listener...)."""
+    hot = _hot[kind]
+    if hot is not None:
+        # The site of the previous capture of this kind, checked first: no
+        # key to build, no dictionary to look in.
+        depth, hot_code, hot_lasti, frames = hot
+        try:
+            frame: FrameType | None = _getframe(skip + depth)
+        except ValueError:  # a shallower stack
+            frame = None
+        if frame is not None and frame.f_code is hot_code:
+            lasti = frame.f_lasti
+            if lasti == hot_lasti:
+                stack = [hot_code, lasti]
+                while frames > 1:
+                    frame = frame.f_back
+                    if frame is None:
+                        break
+                    stack.append(frame.f_code)
+                    stack.append(frame.f_lasti)
+                    frames -= 1
+                return stack
     depths = _depths.get(kind)
     if depths:
-        getframe = sys._getframe
+        getframe = _getframe
         for depth in depths:
             try:
-                frame: FrameType | None = getframe(skip + depth)
+                frame = getframe(skip + depth)
             except ValueError:  # a shallower stack
                 continue
             assert frame is not None
             code = frame.f_code
-            site = _sites.get((kind, depth, id(code), frame.f_lasti))
+            lasti = frame.f_lasti
+            site = _sites.get((kind, depth, id(code), lasti))
             if site is None or site[0] is not code:
                 continue
-            stack: Stack = [code, frame.f_lasti]
+            _hot[kind] = (depth, code, lasti, site[1])
+            stack = [code, lasti]
             left = site[1] - 1
             # f_back makes the caller's frame object: taken only when the
             # frame is wanted (not the stop frame above the last one).
@@ -181,8 +209,10 @@ def _learn(kind: int, stack: Stack) -> Stack:
             depth = i // 2
             if len(_sites) >= _SITES_LIMIT:
                 _sites.clear()
+                _hot[:] = [None] * len(_hot)
             frames = (len(stack) - i) // 2
             _sites[(kind, depth, id(code), stack[i + 1])] = (code, frames)
+            _hot[kind] = (depth, code, stack[i + 1], frames)
             depths = _depths.setdefault(kind, [])
             if depth in depths:
                 depths.remove(depth)
@@ -387,14 +417,14 @@ def _adopt(session: Session, engine: object | None) -> _SessionInfo | None:
     return info
 
 
-def _touch(session: Session, watches: t.Sequence[Watch], dbapi: object = None) -> bool:
+def _touch(session: Session, watches: t.Sequence[Watch], fairy: object = None) -> bool:
     """Attribute ``session`` to the request this thread serves, once.
     Whether this thread serves a request. (What the session did is looked
     at, and counted, at the end of the request.)
 
-    ``dbapi``: the DBAPI connection the session has just checked out to
-    begin (``after_begin``): the stack of that checkout is where the
-    session was used, no need to take it again."""
+    ``fairy``: the pool's proxy of the connection the session has just
+    checked out to begin (``after_begin``): the stack of that checkout is
+    where the session was used, no need to take it again."""
     ident = get_ident()
     served = False
     for watch in watches:
@@ -405,7 +435,7 @@ def _touch(session: Session, watches: t.Sequence[Watch], dbapi: object = None) -
         if session in request.sessions:
             continue
         last = request.last
-        if dbapi is not None and last is not None and last[0] is dbapi:
+        if fairy is not None and last is not None and last[0] is fairy:
             request.sessions[session] = last[1]
         else:
             request.sessions[session] = capture_stack(SESSION_USE, 2)
@@ -438,15 +468,16 @@ def _on_begin(session: Session, transaction: t.Any, connection: t.Any) -> None:
         if info.engine is not engine:
             _adopt(session, engine)
         watches = info.watches
-    dbapi = None
+    fairy = None
     try:
         # The session connected to begin (it will close the connection):
-        # the checkout it just made says where it was used.
+        # the checkout it just made says where it was used. (The pool's
+        # proxy, as the checkout listener saw it: no property to go through.)
         if transaction._connections[connection][3]:
-            dbapi = connection.connection.dbapi_connection
+            fairy = connection._dbapi_connection
     except Exception:
-        dbapi = None
-    if not _touch(session, watches, dbapi):
+        fairy = None
+    if not _touch(session, watches, fairy):
         # Begun outside any request.
         info = _adopt(session, engine)
         if info is not None:
@@ -503,7 +534,7 @@ def watch_engine(watch: Watch, engine: t.Any) -> None:
             if request is not None:
                 stack = capture_stack(CHECKOUT, 2)
                 request.checkouts[record] = (url, record.fairy_ref, stack)
-                request.last = (dbapi_connection, stack)
+                request.last = (proxy, stack)
 
         event.listen(engine, "checkout", on_checkout)
     else:
@@ -517,7 +548,7 @@ def watch_engine(watch: Watch, engine: t.Any) -> None:
             if request is not None:
                 stack = capture_stack(CHECKOUT, 2)
                 request.checkouts[record] = (url, _NO_TOKEN, stack)
-                request.last = (dbapi_connection, stack)
+                request.last = (proxy, stack)
                 owners[record] = request
 
         def on_checkin(dbapi_connection: object, record: object) -> None:
@@ -638,9 +669,21 @@ def _is_shared(info: _SessionInfo) -> bool:
 
 
 _NOTHING_PENDING = (0, 0, 0)
-#: ``sys.getrefcount(session)`` in check() when only check() holds it: the
-#: dict of the request's sessions, the loop variable, the call's argument.
-_UNHELD_REFS = 3
+
+
+def _unheld_refs() -> int:
+    """``sys.getrefcount(session)`` in check() when only check() holds it:
+    measured here with check()'s own loop (``popitem()`` from a dict the
+    loop owns), so that the interpreter's count of its own references
+    (the local variable, the call's argument) is not guessed."""
+    sessions = {object(): None}
+    while sessions:
+        session, _use = sessions.popitem()
+        return getrefcount(session)
+    return 2
+
+
+_UNHELD_REFS = _unheld_refs()
 
 
 def _pending(session: Session) -> tuple[int, int, int]:
@@ -669,9 +712,29 @@ def check(watch: Watch, request: _Request) -> list[TeardownFinding]:
     sessions: dict[t.Any, Stack] = request.sessions
     if sessions:
         request.sessions = {}
-        same_thread = request.ident == get_ident()
-        for session, use in sessions.items():
+        same_thread: bool | None = None
+        # popitem(): each session is then held only by this loop (an
+        # items() iterator would keep the last pair alive), see _UNHELD_REFS.
+        while sessions:
+            session, use = sessions.popitem()
             info: _SessionInfo | None = session.__dict__.get(_INFO_KEY)
+            unheld = getrefcount(session) <= _UNHELD_REFS
+            if unheld and info is None:
+                # The common case first: nothing but this loop holds the
+                # session (a removed scoped session, a closed 'with
+                # Session()'), so no registry holds it and no later request
+                # can use it; only its own state is looked at.
+                try:
+                    quiet = not (
+                        session._transaction is not None
+                        or session._new
+                        or session._deleted
+                        or session.identity_map._modified
+                    )
+                except AttributeError:
+                    quiet = False
+                if quiet:
+                    continue
             try:
                 # _pending()'s first look, inline: this runs at every request.
                 busy = bool(
@@ -682,7 +745,9 @@ def check(watch: Watch, request: _Request) -> list[TeardownFinding]:
             pending = _pending(session) if busy else _NOTHING_PENDING
             open_transaction = session.in_transaction()
             held = []
-            if same_thread:
+            if same_thread is None:
+                same_thread = request.ident == get_ident()
+            if same_thread and not unheld:
                 for scoped in watch.scoped:
                     registry = scoped.registry
                     if type(registry) is ThreadLocalRegistry:
@@ -694,10 +759,7 @@ def check(watch: Watch, request: _Request) -> list[TeardownFinding]:
                     elif _holds(scoped, session):
                         held.append(scoped)
             if info is None:
-                if (
-                    not (open_transaction or busy or held)
-                    and getrefcount(session) <= _UNHELD_REFS
-                ):
+                if not (open_transaction or busy or held) and unheld:
                     # Clean, and nothing but this loop holds it (a removed
                     # scoped session, a closed 'with Session()'): no later
                     # request can use it, nothing to remember.
@@ -718,6 +780,7 @@ def check(watch: Watch, request: _Request) -> list[TeardownFinding]:
                 )
     if not flagged and not leaked:
         return []  # the common case: nothing to format
+    flagged.reverse()  # popitem() took the sessions last first
     fields = request_fields(request.environ)
     at = f"{fields.get('method')} {fields.get('path')}"
     findings: list[TeardownFinding] = []
