@@ -50,6 +50,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from gunicorn_ready import READY
 
 __all__ = [
     "ROOT",
@@ -393,8 +394,9 @@ def gunicorn_server(server_factory: ServerFactory) -> ServerFactory:
     """``gunicorn_server(app_spec, *args, env=, cwd=, ready_path=)``.
 
     Runs ``python -m gunicorn --bind 127.0.0.1:<port> *args app_spec`` and
-    waits until every worker (``-w``/``--workers``) has booted and the
-    server answers.
+    waits until the server answers and every worker (``-w``/``--workers``)
+    has loaded the app (``tests/gunicorn_ready.py``, unless ``args`` bring
+    their own ``-c``).
     """
 
     def start(
@@ -413,6 +415,11 @@ def gunicorn_server(server_factory: ServerFactory) -> ServerFactory:
             # Recent gunicorn opens a control socket at one fixed path in the
             # home directory: servers running side by side would share it.
             options.append("--no-control-socket")
+        own_config = any(
+            arg in ("-c", "--config") or arg.startswith("--config=") for arg in args
+        )
+        if not own_config:
+            options += ["--config", str(Path(__file__).with_name("gunicorn_ready.py"))]
         command = [sys.executable, "-m", "gunicorn", *options, *args, app_spec]
         server = server_factory(
             command,
@@ -422,9 +429,12 @@ def gunicorn_server(server_factory: ServerFactory) -> ServerFactory:
             timeout=timeout,
             name="gunicorn",
         )
-        server.wait_for_log(
-            r"Booting worker with pid: (\d+)", count=_worker_count(args)
+        ready = (
+            r"Booting worker with pid: (\d+)"
+            if own_config
+            else re.escape(READY).replace(r"\{pid\}", r"(\d+)")
         )
+        server.wait_for_log(ready, count=_worker_count(args))
         return server
 
     return start
