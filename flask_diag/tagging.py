@@ -209,55 +209,18 @@ class _TaggedResponse(RequestInfo):
     logged while a body streams keep their request id.
     """
 
-    # Slots, all set in ``__init__``: no per-request ``__dict__``.
-    __slots__ = (
-        "owner",
-        "server_start_response",
-        "environ",
-        "status",
-        "app_iter",
-        "tokens",
-        "trace_token",
-        "sentry_scope",
-        "ended",
-    )
-
+    # Plain attributes with class-level defaults: the rarely used ones cost
+    # nothing on the common request. RequestInfo's constructor fills in the
+    # request's own fields.
     owner: RequestTagging
     server_start_response: StartResponse
-    environ: WSGIEnvironment | None
-    status: str | None
-    app_iter: t.Iterable[bytes]
-    tokens: tuple[Token[t.Any], ...]
-    trace_token: Token[t.Any] | None
-    sentry_scope: AbstractContextManager[t.Any] | None
-    ended: bool
-
-    def __init__(
-        self,
-        request_id: str,
-        trace_id: str | None,
-        pid: int,
-        thread: str,
-        method: str,
-        path: str,
-        started: float,
-    ) -> None:
-        # RequestInfo's fields and ours in one frame (this runs for every
-        # request).
-        self.request_id = request_id
-        self.trace_id = trace_id
-        self.pid = pid
-        self.thread = thread
-        self.method = method
-        self.path = path
-        self.started = started
-        self.environ = None
-        self.status = None
-        self.app_iter = ()
-        self.tokens = ()
-        self.trace_token = None
-        self.sentry_scope = None
-        self.ended = False
+    environ: WSGIEnvironment | None = None
+    status: str | None = None
+    app_iter: t.Iterable[bytes] = ()
+    tokens: tuple[Token[t.Any], ...] = ()
+    trace_token: Token[t.Any] | None = None
+    sentry_scope: AbstractContextManager[t.Any] | None = None
+    ended = False
 
     @classmethod
     def copy_of(cls, info: RequestInfo) -> _TaggedResponse:
