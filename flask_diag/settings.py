@@ -118,26 +118,23 @@ def _parse_ip(value: object) -> str:
     raise ValueError
 
 
+def _items(value: object) -> list[str]:
+    # A list setting: comma- or space-separated text, or a list/tuple of texts.
+    if isinstance(value, str):
+        return [p for p in re.split(r"[,\s]+", value.strip()) if p]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return [v.strip() for v in value]
+    raise ValueError
+
+
 def _parse_networks(value: object) -> tuple[str, ...]:
-    # Comma- or space-separated CIDRs (or single addresses), normalised;
-    # ``none`` (or an empty text) for no network at all.
+    # CIDRs (or single addresses), normalised; ``none`` (or an empty text)
+    # for no network at all.
     import ipaddress
 
-    if isinstance(value, str):
-        text = value.strip()
-        if text.lower() in ("", "none"):
-            return ()
-        items: list[object] = [p for p in re.split(r"[,\s]+", text) if p]
-    elif isinstance(value, (list, tuple)):
-        items = list(value)
-    else:
-        raise ValueError
-    networks = []
-    for item in items:
-        if not isinstance(item, str):
-            raise ValueError
-        networks.append(str(ipaddress.ip_network(item.strip(), strict=False)))
-    return tuple(networks)
+    if isinstance(value, str) and value.strip().lower() == "none":
+        return ()
+    return tuple(str(ipaddress.ip_network(i, strict=False)) for i in _items(value))
 
 
 _HOST = re.compile(r"^(\*\.)?[A-Za-z0-9.-]{1,253}$|^\[?[0-9A-Fa-f:.]+\]?$")
@@ -146,21 +143,14 @@ _HOST = re.compile(r"^(\*\.)?[A-Za-z0-9.-]{1,253}$|^\[?[0-9A-Fa-f:.]+\]?$")
 def _parse_hosts(value: object) -> tuple[str, ...]:
     # Host names (``*.example.com`` for a domain and its subdomains) or
     # addresses, without ports; empty for the defaults.
-    if isinstance(value, str):
-        items: list[object] = [p for p in re.split(r"[,\s]+", value.strip()) if p]
-    elif isinstance(value, (list, tuple)):
-        items = list(value)
-    else:
+    hosts = _items(value)
+    if not all(_HOST.match(host) for host in hosts):
         raise ValueError
-    hosts = []
-    for item in items:
-        if not isinstance(item, str) or not _HOST.match(item.strip()):
-            raise ValueError
-        hosts.append(item.strip().lower())
-    return tuple(hosts)
+    return tuple(host.lower() for host in hosts)
 
 
-_PIN_MIN = 8
+#: The fewest letters and digits a debugger PIN may have (dashes not counted).
+PIN_MIN_LENGTH = 8
 
 
 def _parse_pin(value: object) -> str | None:
@@ -172,7 +162,7 @@ def _parse_pin(value: object) -> str | None:
         text = value.strip()
         # Dashes are only separators (werkzeug drops them before comparing):
         # the length that counts is the one without them.
-        if len(text.replace("-", "")) >= _PIN_MIN and text.lower() not in _FALSE:
+        if len(text.replace("-", "")) >= PIN_MIN_LENGTH and text.lower() not in _FALSE:
             if re.fullmatch(r"[A-Za-z0-9-]+", text):
                 return text
     raise ValueError
@@ -365,7 +355,7 @@ class Settings:
     debugger_pin: str | None = _setting(
         None,
         _parse_pin,
-        f"a PIN of at least {_PIN_MIN} letters or digits, '-' between them "
+        f"a PIN of at least {PIN_MIN_LENGTH} letters or digits, '-' between them "
         "allowed (unset: a fresh random PIN for each activation)",
         "The debugger's PIN. Unset, a new random one is made at each start "
         "and written to a file only the server's user can read (its path is "
