@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextvars
 import sys
-import threading
 import typing as t
 from collections.abc import MutableMapping
 
@@ -32,6 +31,7 @@ import structlog
 from structlog.typing import Processor
 
 from .context import current_pid
+from .context import thread_name
 
 __all__ = [
     "add_diag_context",
@@ -77,7 +77,8 @@ def add_diag_context(
     if "pid" not in event_dict:
         event_dict["pid"] = current_pid()
     if "thread" not in event_dict:
-        event_dict["thread"] = threading.current_thread().name
+        # The same (header-safe) name the request's context carries.
+        event_dict["thread"] = thread_name()
     return event_dict
 
 
