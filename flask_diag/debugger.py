@@ -95,6 +95,7 @@ client and the request id. Signals carry ``request_id``, ``path`` and
 from __future__ import annotations
 
 import datetime
+import hmac
 import ipaddress
 import itertools
 import json
@@ -119,12 +120,12 @@ from werkzeug.http import parse_cookie
 from werkzeug.wrappers import Request
 from werkzeug.wrappers import Response
 
-from .context import ENVIRON_KEY
 from .context import request_info
 from .debugger_pin import PinLock
 from .errors import PROPAGATE_KEY
 from .exceptions import DiagConfigError
 from .internal import capture_internal_exceptions
+from .internal import find_in_stack
 from .internal import logger
 from .internal import report_internal_error
 from .server import detect
@@ -174,15 +175,9 @@ _JS_PINAUTH_POST = (
 # reuses once a frame is freed. The gate swaps it for a key never reused.
 _FRAME_ID = 'class="frame" id="frame-{}"'
 # Options of gunicorn's command line that the one-process command replaces.
-_GUNICORN_REPLACED = {
-    "-w": True,
-    "--workers": True,
-    "-k": True,
-    "--worker-class": True,
-    "-t": True,
-    "--timeout": True,
-    "--threads": True,
-}
+_GUNICORN_REPLACED = frozenset(
+    {"-w", "--workers", "-k", "--worker-class", "-t", "--timeout", "--threads"}
+)
 
 
 def _ip(text: object) -> _IP | None:
@@ -256,8 +251,7 @@ def one_process_command(argv: t.Sequence[str] | None = None) -> str:
     """
     if argv is None:
         argv = sys.argv
-    program = os.path.basename(argv[0]) if argv else ""
-    if not argv or ("gunicorn" not in program and "gunicorn" not in argv[0]):
+    if not argv or "gunicorn" not in argv[0]:
         return f"{GUNICORN_COMMAND} MODULE:APP"
     kept: list[str] = []
     skip = False
@@ -269,7 +263,7 @@ def one_process_command(argv: t.Sequence[str] | None = None) -> str:
         if name in _GUNICORN_REPLACED:
             skip = not has_value
             continue
-        if len(arg) > 2 and arg[:2] in ("-w", "-k", "-t") and not arg.startswith("--"):
+        if len(arg) > 2 and arg[:2] in ("-w", "-k", "-t"):
             continue  # -w4, -ksync, -t30
         kept.append(arg)
     return f"{GUNICORN_COMMAND} {shlex.join(kept)}".rstrip()
@@ -336,7 +330,7 @@ class _GatedDebugger(DebuggedApplication):
         debugger_js: bytes,
     ) -> None:
         self._gate_ref = weakref.ref(gate)
-        self._lock_ref = lock
+        self._pin_lock = lock
         self._max_tracebacks = max_tracebacks
         self._debugger_js = debugger_js
         self._tracebacks: deque[list[int]] = deque()
@@ -356,11 +350,10 @@ class _GatedDebugger(DebuggedApplication):
         # nobody knows, and the gate's per-activation cookie name.
         self._pin = os.urandom(16).hex()
         self._pin_cookie = lock.cookie_name
-        self.trusted_hosts = []  # unused: check_host_trust is the gate's
 
     def check_pin_trust(self, environ: WSGIEnvironment) -> bool | None:
-        value = parse_cookie(environ).get(self._lock_ref.cookie_name)
-        return self._lock_ref.cookie_valid(value)
+        value = parse_cookie(environ).get(self._pin_lock.cookie_name)
+        return self._pin_lock.cookie_valid(value)
 
     def check_host_trust(self, environ: WSGIEnvironment) -> bool:
         gate = self._gate_ref()
@@ -371,9 +364,6 @@ class _GatedDebugger(DebuggedApplication):
 
     def log_pin_request(self, request: Request) -> Response:
         return Response("")  # the PIN is never logged
-
-    def _fail_pin_auth(self) -> None:  # never sleep in a request
-        pass
 
     def get_resource(self, request: Request, filename: str) -> Response:
         # As werkzeug: the base name only, inside its ``shared`` folder.
@@ -757,12 +747,7 @@ class DebuggerGate:
         if args is None and not console:
             # An ordinary request: through the debugger only for a client
             # that could also reach its routes.
-            lock = self.pin_lock
-            if self._expired or lock is None or time.monotonic() >= lock.expires:
-                if lock is not None:
-                    self._expire("expired")  # once; a no-op afterwards
-                return self.app(environ, start_response)
-            if not self._admitted(environ):
+            if not self.active or not self._admitted(environ):
                 return self.app(environ, start_response)
             environ[PROPAGATE_KEY] = True
             return debugger.debug_application(environ, start_response)
@@ -987,8 +972,6 @@ def _in(ip: _IP, networks: tuple[_NET, ...]) -> bool:
 
 
 def _same(a: str, b: str) -> bool:
-    import hmac
-
     return hmac.compare_digest(a.encode(), b.encode())
 
 
@@ -1004,13 +987,10 @@ def _frame(
 
 
 def _request_id(environ: WSGIEnvironment) -> str | None:
-    info = environ.get(ENVIRON_KEY)
-    if info is None:
-        try:
-            info = request_info(environ)
-        except Exception:
-            return None
-    return t.cast(str, info.request_id)
+    try:
+        return request_info(environ).request_id
+    except Exception:
+        return None
 
 
 def _host_addresses() -> set[str]:
@@ -1046,14 +1026,7 @@ def _find_flask_app(app: object) -> Flask | None:
 
 
 def _gates(app: object) -> list[DebuggerGate]:
-    found = []
-    for _ in range(32):
-        if isinstance(app, DebuggerGate):
-            found.append(app)
-        app = getattr(app, "app", None)
-        if app is None:
-            break
-    return found
+    return find_in_stack(app, DebuggerGate)
 
 
 def init_flask(app: Flask, settings: Settings) -> None:

@@ -41,6 +41,8 @@ import threading
 import time
 import typing as t
 
+from .settings import PIN_MIN_LENGTH
+
 __all__ = [
     "PinLock",
     "Attempt",
@@ -57,7 +59,7 @@ MAX_FAILURES = 5
 #: The first lockout, in seconds; each further lockout doubles it.
 LOCKOUT = 300.0
 #: The shortest PIN accepted, counted once normalised (without dashes).
-MIN_PIN_LENGTH = 8
+MIN_PIN_LENGTH = PIN_MIN_LENGTH  # the settings' rule, also enforced here
 
 
 class Attempt(t.NamedTuple):
@@ -138,8 +140,7 @@ class PinLock:
         #: Where the PIN was written, or ``None`` (the operator chose it).
         self.pin_file = pin_file
         self.started_wall = time.time()
-        self.started = time.monotonic()
-        self.expires = self.started + ttl
+        self.expires = time.monotonic() + ttl
         #: The expiry as a Unix time, for messages.
         self.expires_wall = self.started_wall + ttl
         self.max_failures = max_failures
@@ -168,9 +169,9 @@ class PinLock:
             return lock
         return cls(pin, ttl=ttl, pin_file=None)
 
-    def expired(self, now: float | None = None) -> bool:
+    def expired(self) -> bool:
         """Whether the activation is over."""
-        return (time.monotonic() if now is None else now) >= self.expires
+        return time.monotonic() >= self.expires
 
     def remaining(self) -> float:
         """Seconds until expiry (0 once expired)."""

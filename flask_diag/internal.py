@@ -19,10 +19,16 @@ from __future__ import annotations
 
 import sys
 import types
+import typing as t
 
 import structlog
 
-__all__ = ["capture_internal_exceptions", "report_internal_error", "logger"]
+__all__ = [
+    "capture_internal_exceptions",
+    "report_internal_error",
+    "logger",
+    "find_in_stack",
+]
 
 #: flask_diag's own logger. It is structlog's lazy proxy: it follows whatever
 #: configuration the application chose, and flask_diag never configures it.
@@ -71,3 +77,22 @@ class capture_internal_exceptions:  # noqa: N801 - used like a function
             report_internal_error(self.where, exc)
             return True
         return False
+
+
+_M = t.TypeVar("_M")
+
+
+def find_in_stack(app: object, kind: type[_M], *, limit: int = 32) -> list[_M]:
+    """Every ``kind`` middleware in a chain, outermost first, following each
+    middleware's ``.app`` (bounded: a cycle cannot hang start-up)::
+
+        (envelope,) = find_in_stack(flask_app.wsgi_app, ErrorEnvelope)
+    """
+    found: list[_M] = []
+    for _ in range(limit):
+        if isinstance(app, kind):
+            found.append(app)
+        app = getattr(app, "app", None)
+        if app is None:
+            break
+    return found
