@@ -24,6 +24,7 @@ from werkzeug.test import Client
 from flask_diag import Diag
 from flask_diag import DiagConfigError
 from flask_diag import wrap
+from flask_diag.debugger import _gates
 from flask_diag.debugger import DebuggerGate
 from flask_diag.debugger import one_process_command
 from flask_diag.debugger_pin import PinLock
@@ -89,15 +90,6 @@ class Harness:
         )
 
 
-def _gate_of(app: Flask) -> DebuggerGate:
-    inner: t.Any = app.wsgi_app
-    for _ in range(20):
-        if isinstance(inner, DebuggerGate):
-            return inner
-        inner = inner.app
-    raise AssertionError("no DebuggerGate in the stack")
-
-
 @pytest.fixture
 def make() -> Iterator[t.Callable[..., Harness]]:
     """``make(**settings)``: a Flask app with the debugger on; closed after."""
@@ -119,7 +111,8 @@ def make() -> Iterator[t.Callable[..., Harness]]:
 
         options.setdefault("debugger", True)
         Diag(app, **options)
-        harness = Harness(app, _gate_of(app))
+        (gate,) = _gates(app.wsgi_app)
+        harness = Harness(app, gate)
         harnesses.append(harness)
         return harness
 
@@ -152,8 +145,7 @@ def test_off_by_default_no_debugger_anywhere() -> None:
         raise KeyError("x")
 
     Diag(app)
-    with pytest.raises(AttributeError):
-        _gate_of(app)  # reaches the bottom of the stack without a gate
+    assert _gates(app.wsgi_app) == []
     client = app.test_client()
     body = assert_envelope(client.get("/nothing-here" + RESOURCE), 404)
     assert body["code"] == "not_found"
@@ -228,7 +220,7 @@ def test_wrap_around_a_flask_app_propagates_to_the_debugger() -> None:
         raise KeyError("x")
 
     application = wrap(app, environ={}, debugger=True)
-    gate = _gate_of_wsgi(application)
+    (gate,) = _gates(application)
     try:
         assert app.config["PROPAGATE_EXCEPTIONS"] is True
         ok = Client(application).get("/boom", environ_base=LOOPBACK)
@@ -239,14 +231,6 @@ def test_wrap_around_a_flask_app_propagates_to_the_debugger() -> None:
     finally:
         gate.close()
     assert app.config["PROPAGATE_EXCEPTIONS"] is None  # restored
-
-
-def _gate_of_wsgi(app: t.Any) -> DebuggerGate:
-    for _ in range(20):
-        if isinstance(app, DebuggerGate):
-            return app
-        app = app.app
-    raise AssertionError("no gate")
 
 
 def test_gate_alone_around_plain_wsgi() -> None:

@@ -539,27 +539,8 @@ def test_lockout_doubles_and_time_travel_within_it_fails(
 def test_operator_pin_is_at_least_8_characters_after_normalising(pin: str) -> None:
     """werkzeug (and the gate) ignore dashes when comparing PINs, so the
     length that counts is the one without them."""
-    try:
-        gate = DebuggerGate(_plain_app, debugger=True, debugger_pin=pin)
-    except DiagConfigError:
-        return  # refused at start-up: safe
-    try:
-        client = Client(gate)
-        page = client.get("/boom", environ_overrides=LOOPBACK).get_data(as_text=True)
-        match = re.search(r'SECRET = "([^"]+)"', page)
-        assert match is not None
-        short = pin.replace("-", "")
-        answer = client.post(
-            f"/?__debugger__=yes&cmd=pinauth&s={match.group(1)}",
-            data={"pin": short},
-            environ_overrides=LOOPBACK,
-        ).get_json()
-        pytest.fail(
-            f"PIN {pin!r} accepted at start-up; it is {len(short)} characters"
-            f" once normalised, and entering {short!r} gives {answer}"
-        )
-    finally:
-        gate.close()
+    with pytest.raises(DiagConfigError, match="at least 8 letters or digits"):
+        DebuggerGate(_plain_app, debugger=True, debugger_pin=pin)
 
 
 def test_random_pin_entropy() -> None:
@@ -894,9 +875,10 @@ def test_concurrent_tracebacks_stay_capped(
         thread.start()
     for thread in threads:
         thread.join(timeout=30)
+    assert not any(thread.is_alive() for thread in threads)
     target.traceback()  # a last one, alone, settles the count
     assert debugger.traceback_count <= 2
-    assert len(debugger.frames) <= 2 * per_traceback * 6
+    assert len(debugger.frames) <= 2 * per_traceback
     assert len(debugger.frame_contexts) == len(debugger.frames)
 
 
