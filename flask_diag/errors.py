@@ -139,6 +139,7 @@ __all__ = [
     "map_exception",
     "init_flask",
     "secret_key_hint",
+    "secret_key_site",
 ]
 
 #: Set ``environ[PROPAGATE_KEY] = True`` in a middleware *outside* the
@@ -280,6 +281,42 @@ class _Answer(t.NamedTuple):
     extra: t.Mapping[str, object] | None = None
 
 
+class _Rendering:
+    """What answering an error reads from the settings, and the rendering
+    itself: shared by :class:`ErrorEnvelope` and the Flask handler."""
+
+    __slots__ = ("negotiate", "debug", "header_key", "trust")
+
+    def __init__(self, settings: Settings) -> None:
+        self.negotiate = settings.errors == "negotiate"
+        self.debug = settings.debug_errors
+        self.header_key = "HTTP_" + settings.request_id_header.upper().replace("-", "_")
+        self.trust = settings.trust_request_id
+
+    def request_id(self, environ: WSGIEnvironment) -> str:
+        info = request_info(
+            environ, header_key=self.header_key, trust_incoming=self.trust
+        )
+        return info.request_id
+
+    def envelope(
+        self, environ: WSGIEnvironment, answer: _Answer, flask_app: object | None
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        """Report ``answer`` and render it (see :func:`finish`); a minimal
+        500 when that fails."""
+        try:
+            return finish(
+                environ,
+                answer,
+                self.request_id(environ),
+                negotiate=self.negotiate,
+                debug=self.debug or bool(getattr(flask_app, "debug", False)),
+            )
+        except Exception as internal:
+            report_internal_error("building an error envelope", internal)
+            return fallback(environ)
+
+
 class ErrorEnvelope:
     """Answer every error of ``app`` with a problem body.
 
@@ -312,13 +349,7 @@ class ErrorEnvelope:
         #: The :class:`ExceptionMap` consulted for exceptions.
         self.exceptions = exception_map if exception_map is not None else ExceptionMap()
         self._off = settings.errors == "off"
-        self._negotiate = settings.errors == "negotiate"
-        self._debug = settings.debug_errors
-        self._header_key = "HTTP_" + settings.request_id_header.upper().replace(
-            "-", "_"
-        )
-        self._trust = settings.trust_request_id
-        self._flask_app: object = _UNSET
+        self._rendering = _Rendering(settings)
 
     def map_exception(
         self,
@@ -363,14 +394,10 @@ class ErrorEnvelope:
 
     # -- error path (never on a 2xx/3xx request) --------------------------------
 
-    def _app_inside(self) -> object | None:
+    @functools.cached_property
+    def _flask_app(self) -> object | None:
         """The Flask app inside (for its debug flag and hints), if any."""
-        if self._flask_app is _UNSET:
-            self._flask_app = _find_flask_app(self.app)
-        return self._flask_app
-
-    def _debug_for(self, flask_app: object | None) -> bool:
-        return self._debug or bool(getattr(flask_app, "debug", False))
+        return _find_flask_app(self.app)
 
     def _envelope(
         self,
@@ -380,24 +407,11 @@ class ErrorEnvelope:
         kept_headers: t.Iterable[tuple[str, str]] = (),
     ) -> tuple[str, list[tuple[str, str]], bytes]:
         """Report ``answer`` and render it: ``(status, headers, body)``."""
-        flask_app = self._app_inside()
-        try:
-            status, headers, body = finish(
-                environ,
-                answer,
-                negotiate=self._negotiate,
-                debug=self._debug_for(flask_app),
-                header_key=self._header_key,
-                trust=self._trust,
-            )
-        except Exception as internal:
-            report_internal_error("building an error envelope", internal)
-            status, headers, body = fallback(environ)
+        status, headers, body = self._rendering.envelope(
+            environ, answer, self._flask_app
+        )
         headers = [*kept_headers, *headers, ("Content-Length", str(len(body)))]
         return status_line(status), headers, body
-
-    def _answer_for(self, environ: WSGIEnvironment, exc: BaseException) -> _Answer:
-        return answer_for_exception(environ, exc, self.exceptions, self._app_inside())
 
     def _report_after_start(
         self, environ: WSGIEnvironment, exc: BaseException, status: str | None
@@ -406,16 +420,14 @@ class ErrorEnvelope:
         try:
             if _already_reported(environ, exc) is not None:
                 return
-            info = request_info(
-                environ, header_key=self._header_key, trust_incoming=self._trust
-            )
+            request_id = self._rendering.request_id(environ)
             flask_reported = environ.get(_FLASK_REPORTED) is exc
-            event_id = capture(exc, info.request_id, flask_reported=flask_reported)
+            event_id = capture(exc, request_id, flask_reported=flask_reported)
             environ[_REPORTED] = (exc, event_id)
             logger.error(
                 "response failed after it started",
                 status=_status_code(status),
-                request_id=info.request_id,
+                request_id=request_id,
                 event_id=event_id,
                 exc_info=(type(exc), exc, exc.__traceback__),
             )
@@ -424,13 +436,6 @@ class ErrorEnvelope:
 
 
 _new_response = object.__new__
-
-
-class _Unset:
-    pass
-
-
-_UNSET: t.Any = _Unset()
 
 
 class _GuardedResponse:
@@ -575,7 +580,7 @@ class _GuardedResponse:
         """Answer an exception raised before any of the body was sent."""
         environ = self.environ
         owner = self.owner
-        if _propagates(environ, owner._app_inside()):
+        if _propagates(environ, owner._flask_app):
             raise exc
         # With exc_info the server replaces a status it was given earlier,
         # or re-raises when the headers are already out (the app used
@@ -595,11 +600,7 @@ class _GuardedResponse:
                 return self.server_start_response(status, headers, exc_info)
 
             return list(exc.get_response(environ)(environ, start))
-        try:
-            answer = owner._answer_for(environ, exc)
-        except Exception as internal:
-            report_internal_error("describing an exception", internal)
-            answer = _Answer(500, "internal_error", default_detail(500), None, [], exc)
+        answer = answer_for_exception(environ, exc, owner.exceptions, owner._flask_app)
         line, headers, body = owner._envelope(environ, answer)
         try:
             self.server_start_response(line, headers, exc_info)
@@ -710,7 +711,21 @@ def answer_for_exception(
     exceptions: ExceptionMap,
     flask_app: object | None,
 ) -> _Answer:
-    """How ``exc`` is answered: mapped, an HTTP error, or a 500."""
+    """How ``exc`` is answered: mapped, an HTTP error, or a 500 (also when
+    describing it failed: a bug of ours, or a mapping's ``detail`` raising)."""
+    try:
+        return _describe(environ, exc, exceptions, flask_app)
+    except Exception as internal:
+        report_internal_error("describing an exception", internal)
+        return _Answer(500, "internal_error", default_detail(500), None, [], exc)
+
+
+def _describe(
+    environ: WSGIEnvironment,
+    exc: BaseException,
+    exceptions: ExceptionMap,
+    flask_app: object | None,
+) -> _Answer:
     subject = _original(exc)
     rule = exceptions.lookup(subject)
     if rule is not None:
@@ -768,18 +783,16 @@ def _already_reported(
 def finish(
     environ: WSGIEnvironment,
     answer: _Answer,
+    request_id: str,
     *,
     negotiate: bool,
     debug: bool,
-    header_key: str = "HTTP_X_REQUEST_ID",
-    trust: bool = True,
 ) -> tuple[int, list[tuple[str, str]], bytes]:
     """Report an answer (log, Sentry, signal) and render it.
 
     Returns ``(status, headers, body)``; the headers are the answer's kept
     ones plus ``Content-Type`` (and ``Vary``), without ``Content-Length``.
     """
-    info = request_info(environ, header_key=header_key, trust_incoming=trust)
     status = answer.status
     exc = answer.exception
     event_id = None
@@ -792,12 +805,12 @@ def finish(
             # line's copy of the same exception as a duplicate.
             if exc is not None:
                 flask_reported = environ.get(_FLASK_REPORTED) is exc
-                event_id = capture(exc, info.request_id, flask_reported=flask_reported)
+                event_id = capture(exc, request_id, flask_reported=flask_reported)
                 environ[_REPORTED] = (exc, event_id)
             fields: dict[str, t.Any] = {
                 "status": status,
                 "code": answer.code,
-                "request_id": info.request_id,
+                "request_id": request_id,
                 "event_id": event_id,
             }
             if exc is not None:
@@ -808,7 +821,7 @@ def finish(
         code=answer.code,
         detail=answer.detail,
         instance=instance_of(environ),
-        request_id=info.request_id,
+        request_id=request_id,
         event_id=event_id,
         hint=answer.hint,
         debug=debug_info(exc) if debug and exc is not None and status >= 500 else None,
@@ -934,11 +947,7 @@ def secret_key_hint(flask_app: object | None) -> str:
     """Pitfall 1: the hint for "The session is unavailable because no secret
     key was set", naming the file and line when the app's module sets the
     key only under ``if __name__ == "__main__":``."""
-    site = None
-    module = sys.modules.get(getattr(flask_app, "import_name", None) or "")
-    path = getattr(module, "__file__", None)
-    if isinstance(path, str):
-        site = main_only_secret_key(path)
+    site = secret_key_site(flask_app)
     if site is not None:
         where, line = site
         return (
@@ -954,6 +963,13 @@ def secret_key_hint(flask_app: object | None) -> str:
         " an environment variable; code under 'if __name__ == \"__main__\":' does"
         " not run under gunicorn or uWSGI."
     )
+
+
+def secret_key_site(flask_app: object | None) -> tuple[str, int] | None:
+    """:func:`main_only_secret_key` for the module of ``flask_app``."""
+    module = sys.modules.get(getattr(flask_app, "import_name", None) or "")
+    path = getattr(module, "__file__", None)
+    return main_only_secret_key(path) if isinstance(path, str) else None
 
 
 _CONFIG_LOADERS = frozenset(
@@ -1067,10 +1083,7 @@ class _FlaskErrorHandler:
 
     def __init__(self, settings: Settings, exceptions: ExceptionMap) -> None:
         self.exceptions = exceptions
-        self.negotiate = settings.errors == "negotiate"
-        self.debug = settings.debug_errors
-        self.header_key = "HTTP_" + settings.request_id_header.upper().replace("-", "_")
-        self.trust = settings.trust_request_id
+        self.rendering = _Rendering(settings)
 
     def __call__(self, e: Exception) -> ResponseReturnValue:
         from flask import current_app
@@ -1084,19 +1097,8 @@ class _FlaskErrorHandler:
         app = current_app._get_current_object()  # type: ignore[attr-defined]
         if _propagates(environ, app) and not isinstance(subject, HTTPException):
             raise subject
-        try:
-            answer = answer_for_exception(environ, e, self.exceptions, app)
-            status, headers, body = finish(
-                environ,
-                answer,
-                negotiate=self.negotiate,
-                debug=self.debug or bool(app.debug),
-                header_key=self.header_key,
-                trust=self.trust,
-            )
-        except Exception as internal:
-            report_internal_error("building an error envelope", internal)
-            status, headers, body = fallback(environ)
+        answer = answer_for_exception(environ, e, self.exceptions, app)
+        status, headers, body = self.rendering.envelope(environ, answer, app)
         response = app.response_class(body, status=status, headers=headers)
         return t.cast("ResponseReturnValue", response)
 
