@@ -522,10 +522,10 @@ def test_errors_off_leaves_flask_alone() -> None:
     assert not any(isinstance(m, ErrorEnvelope) for m in _chain(app.wsgi_app)), (
         "no envelope in the stack"
     )
-    assert HTTPExceptionHandlers(app) == {}
+    assert error_handlers(app) == {}
 
 
-def HTTPExceptionHandlers(app: Flask) -> dict[type, t.Any]:  # noqa: N802
+def error_handlers(app: Flask) -> dict[type, t.Any]:
     return dict(app.error_handler_spec[None][None])
 
 
@@ -621,6 +621,34 @@ def test_mapped_5xx_is_logged_and_uses_generic_detail() -> None:
     (line,) = logged(logs, "request failed")
     assert line["status"] == 504
     assert line["request_id"] == problem["request_id"]
+
+
+def test_a_failing_mapping_detail_gives_a_500_envelope() -> None:
+    """A ``detail`` function that raises is our fault to contain: the
+    Flask handler and the WSGI envelope both answer a logged 500."""
+
+    def broken_detail(exc: BaseException) -> str:
+        raise ValueError("detail bug")
+
+    diag = Diag()
+    diag.map_exception(CarNotFound, 404, detail=broken_detail)
+    app = Flask("broken_detail")
+
+    @app.get("/lookup")
+    def lookup() -> str:
+        raise CarNotFound("car 7")
+
+    diag.init_app(app)
+    wrapped = wrap(plain_app, environ={})
+    map_exception(wrapped, CarNotFound, 404, detail=broken_detail)
+    for client in (app.test_client(), Client(wrapped)):
+        with capture_logs() as logs:
+            response = client.get("/lookup")
+        problem = assert_envelope(response, 500, "internal_error", detail=GENERIC_500)
+        assert logged(logs, "flask_diag internal error")
+        (line,) = logged(logs, "request failed")
+        assert line["request_id"] == problem["request_id"]
+        assert line["exc_info"][0] is CarNotFound
 
 
 # -- logging, signals, debug output -------------------------------------------------

@@ -156,6 +156,43 @@ def test_plain_wsgi_under_gunicorn(
         assert problem["detail"] == "no such car"
 
 
+def test_plain_wsgi_stream_failure_under_gunicorn(gunicorn_server: t.Any) -> None:
+    server = gunicorn_server("errors_apps:plain_app", cwd=APPS)
+    with requests.get(server.url + "/stream", timeout=TIMEOUT, stream=True) as response:
+        assert response.status_code == 200
+        request_id = response.headers["X-Request-ID"]
+        received = b""
+        with pytest.raises(requests.exceptions.ChunkedEncodingError):
+            for chunk in response.iter_content(None):
+                received += chunk
+    assert received == b"id,name\n"  # no half JSON appended
+    (line,) = log_lines(server, "response failed after it started", request_id)
+    assert line["status"] == 200
+    assert "the database went away" in str(line["exception"])
+    assert requests.get(server.url + "/", timeout=TIMEOUT).text == "ready"
+
+
+def test_flask_extension_under_gunicorn(gunicorn_server: t.Any) -> None:
+    """Flask's own errors, answered by ``Diag``'s handlers in a real worker."""
+    server = gunicorn_server("errors_apps:flask_app", cwd=APPS)
+    url = server.url
+    problem = assert_envelope(
+        requests.get(url + "/cars/1", timeout=TIMEOUT), 404, "not_found"
+    )
+    assert problem["detail"] == "no such car"
+    # diag.map_exception(LookupError, 404): the exception's message stays out.
+    response = requests.get(url + "/lookup", timeout=TIMEOUT)
+    assert_envelope(response, 404, "not_found")
+    assert "car 7" not in response.text
+    response = requests.get(url + "/maintenance", timeout=TIMEOUT)
+    assert_envelope(response, 503, "service_unavailable")
+    assert response.headers["Retry-After"] == "60"
+    # MAX_CONTENT_LENGTH = 1024
+    response = requests.post(url + "/upload", data=b"x" * 2048, timeout=TIMEOUT)
+    assert_envelope(response, 413, "content_too_large")
+    assert requests.post(url + "/upload", data=b"x" * 10, timeout=TIMEOUT).text == "10"
+
+
 def test_django_under_gunicorn(gunicorn_server: t.Any) -> None:
     require_module("django")
     server = gunicorn_server(

@@ -18,7 +18,6 @@ from collections.abc import Iterator
 import sentry_sdk
 from flask import abort
 from flask import Flask
-from flask import Response
 from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.exceptions import NotFound
 
@@ -87,16 +86,6 @@ def upload() -> str:
     from flask import request
 
     return str(len(request.get_data()))
-
-
-@flask_app.get("/stream")
-def stream() -> Response:
-    def rows() -> Iterator[str]:
-        yield "id,name\n"
-        yield "1,Beetle\n"
-        raise RuntimeError("the database went away mid-stream")
-
-    return Response(rows(), mimetype="text/csv")
 
 
 def _plain(environ: WSGIEnvironment, start_response: StartResponse) -> t.Any:
