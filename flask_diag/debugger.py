@@ -125,6 +125,7 @@ from .debugger_pin import PinLock
 from .errors import PROPAGATE_KEY
 from .exceptions import DiagConfigError
 from .internal import capture_internal_exceptions
+from .internal import find_flask_app
 from .internal import find_in_stack
 from .internal import logger
 from .internal import report_internal_error
@@ -530,7 +531,7 @@ class DebuggerGate:
             max_tracebacks=settings.debugger_frames,
             debugger_js=debugger_js,
         )
-        flask_app = _find_flask_app(app)
+        flask_app = find_flask_app(app)
         if flask_app is not None:
             self.register_flask(flask_app)
         self._announce(profile)
@@ -1005,24 +1006,6 @@ def _host_addresses() -> set[str]:
         if isinstance(address, str):
             found.add(address.split("%", 1)[0].lower())
     return found
-
-
-def _find_flask_app(app: object) -> Flask | None:
-    """The Flask app at the bottom of a middleware chain, if any."""
-    try:
-        from flask import Flask
-    except ImportError:  # pragma: no cover - flask is a dependency
-        return None
-    for _ in range(32):
-        if isinstance(app, Flask):
-            return app
-        owner = getattr(app, "__self__", None)  # flask_app.wsgi_app
-        if isinstance(owner, Flask):
-            return owner
-        app = getattr(app, "app", None)
-        if app is None:
-            return None
-    return None
 
 
 def _gates(app: object) -> list[DebuggerGate]:

@@ -107,6 +107,8 @@ from . import sentry
 from .context import ENVIRON_KEY
 from .context import is_file_wrapper
 from .context import request_info
+from .internal import find_flask_app
+from .internal import find_in_stack
 from .internal import logger
 from .internal import report_internal_error
 from .problem import code_for
@@ -290,7 +292,7 @@ class _Rendering:
     def __init__(self, settings: Settings) -> None:
         self.negotiate = settings.errors == "negotiate"
         self.debug = settings.debug_errors
-        self.header_key = "HTTP_" + settings.request_id_header.upper().replace("-", "_")
+        self.header_key = settings.request_id_environ_key
         self.trust = settings.trust_request_id
 
     def request_id(self, environ: WSGIEnvironment) -> str:
@@ -397,7 +399,7 @@ class ErrorEnvelope:
     @functools.cached_property
     def _flask_app(self) -> object | None:
         """The Flask app inside (for its debug flag and hints), if any."""
-        return _find_flask_app(self.app)
+        return find_flask_app(self.app)
 
     def _envelope(
         self,
@@ -914,23 +916,6 @@ def _transport_healthy(client: t.Any) -> bool:
     return bool(is_healthy())
 
 
-def _find_flask_app(app: object) -> object | None:
-    """Follow ``.app`` (middlewares) and bound methods to a Flask app."""
-    for _ in range(32):
-        try:
-            if hasattr(app, "import_name") and hasattr(app, "config"):
-                return app
-            owner: object = getattr(app, "__self__", None)
-            if owner is not None and hasattr(owner, "import_name"):
-                return owner
-            app = getattr(app, "app", None)
-        except Exception:
-            return None
-        if app is None:
-            return None
-    return None
-
-
 # -- hints: known deployment mistakes -------------------------------------------------
 
 _NO_SECRET_KEY = "session is unavailable because no secret key was set"
@@ -1136,14 +1121,7 @@ def init_flask(app: Flask, settings: Settings, exceptions: ExceptionMap) -> None
 
 
 def _envelopes(app: object) -> list[ErrorEnvelope]:
-    found = []
-    for _ in range(32):
-        if isinstance(app, ErrorEnvelope):
-            found.append(app)
-        app = getattr(app, "app", None)
-        if app is None:
-            break
-    return found
+    return find_in_stack(app, ErrorEnvelope)
 
 
 def map_exception(

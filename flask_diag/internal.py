@@ -23,11 +23,15 @@ import typing as t
 
 import structlog
 
+if t.TYPE_CHECKING:
+    from flask import Flask
+
 __all__ = [
     "capture_internal_exceptions",
     "report_internal_error",
     "logger",
     "find_in_stack",
+    "find_flask_app",
 ]
 
 #: flask_diag's own logger. It is structlog's lazy proxy: it follows whatever
@@ -96,3 +100,23 @@ def find_in_stack(app: object, kind: type[_M], *, limit: int = 32) -> list[_M]:
         if app is None:
             break
     return found
+
+
+def find_flask_app(app: object, *, limit: int = 32) -> Flask | None:
+    """The Flask app at the bottom of a middleware chain (following ``.app``
+    and bound methods such as ``flask_app.wsgi_app``), or ``None``."""
+    from flask import Flask
+
+    for _ in range(limit):
+        try:
+            if isinstance(app, Flask):
+                return app
+            owner = getattr(app, "__self__", None)
+            if isinstance(owner, Flask):
+                return owner
+            app = getattr(app, "app", None)
+        except Exception:  # an odd wrapper's attribute: no Flask app then
+            return None
+        if app is None:
+            return None
+    return None
