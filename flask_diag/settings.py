@@ -485,6 +485,12 @@ class Settings:
             return settings.replace(**overrides)
         return settings
 
+    @property
+    def request_id_environ_key(self) -> str:
+        """The WSGI environ key of :attr:`request_id_header`, e.g.
+        ``HTTP_X_REQUEST_ID``."""
+        return "HTTP_" + self.request_id_header.upper().replace("-", "_")
+
     def replace(self, **changes: object) -> Settings:
         """A copy with some values changed (validated like keyword arguments)."""
         parsed = {n: _parse(OPTIONS[n], v, f"{n}=") for n, v in changes.items()}

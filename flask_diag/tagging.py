@@ -96,7 +96,7 @@ class RequestTagging:
         self.settings = settings
         name = settings.request_id_header
         self._header_name = name
-        self._header_key = "HTTP_" + name.upper().replace("-", "_")
+        self._header_key = settings.request_id_environ_key
         self._lower_name = name.lower()
         self._worker_headers = settings.worker_headers
         self._server_timing = settings.server_timing
