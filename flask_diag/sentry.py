@@ -8,6 +8,7 @@ here returns at once.
 from __future__ import annotations
 
 import typing as t
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 
 import sentry_sdk
@@ -22,7 +23,7 @@ try:  # private in sentry-sdk: tells whether its WSGI middleware opened a scope.
 except ImportError:  # pragma: no cover - layout changed in a future sentry-sdk
     _sentry_request_scope = None
 
-__all__ = ["is_active", "enter_request_scope"]
+__all__ = ["is_active", "enter_request_scope", "capture_warning"]
 
 
 def is_active() -> bool:
@@ -61,3 +62,32 @@ def enter_request_scope(info: RequestInfo) -> AbstractContextManager[t.Any] | No
     scope = manager.__enter__()
     scope.set_tags(tags)
     return manager
+
+
+def capture_warning(
+    message: str,
+    *,
+    tags: Mapping[str, object],
+    context_name: str,
+    context: Mapping[str, object],
+) -> str | None:
+    """Send ``message`` to Sentry as a warning, with ``tags`` and one named
+    ``context``, in a scope of its own (nothing leaks into the request's
+    scope or the next event); the event id, or ``None`` when Sentry is not
+    initialised or dropped the event. May raise: callers guard it.
+
+    .. code-block:: python
+
+        sentry.capture_warning(
+            "Request stuck for 31.0s: GET /report",
+            tags={"request_id": info.request_id, "worker.pid": info.pid},
+            context_name="stuck request",
+            context={"stack": stack},
+        )
+    """
+    if not is_active():
+        return None
+    with sentry_sdk.isolation_scope() as scope:
+        scope.set_tags(dict(tags))
+        scope.set_context(context_name, dict(context))
+        return sentry_sdk.capture_message(message, level="warning")

@@ -60,8 +60,6 @@ import traceback
 import typing as t
 from threading import get_ident
 
-import sentry_sdk
-
 from . import context as _context
 from . import sentry
 from .context import ENVIRON_KEY as INFO_KEY
@@ -301,30 +299,23 @@ def _report(ident: int, watched: _Watched, now: float) -> None:
             stack=stack,
             blocked_on=peer,
         )
-    if sentry.is_active():
-        with sentry_sdk.isolation_scope() as scope:
-            scope.set_tags(
-                {
-                    "request_id": info.request_id,
-                    "worker.pid": info.pid,
-                    "worker.thread": info.thread,
-                }
-            )
-            scope.set_context(
-                "stuck request",
-                {
-                    "method": info.method,
-                    "path": info.path,
-                    "duration_s": round(duration, 3),
-                    "blocked_on": peer,
-                    "own_address": own,
-                    "stack": stack,
-                },
-            )
-            sentry_sdk.capture_message(
-                f"Request stuck for {duration:.1f}s: {info.method} {info.path}",
-                level="warning",
-            )
+    sentry.capture_warning(
+        f"Request stuck for {duration:.1f}s: {info.method} {info.path}",
+        tags={
+            "request_id": info.request_id,
+            "worker.pid": info.pid,
+            "worker.thread": info.thread,
+        },
+        context_name="stuck request",
+        context={
+            "method": info.method,
+            "path": info.path,
+            "duration_s": round(duration, 3),
+            "blocked_on": peer,
+            "own_address": own,
+            "stack": stack,
+        },
+    )
 
 
 class Watchdog:
