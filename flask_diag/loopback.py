@@ -115,6 +115,7 @@ import traceback
 import typing as t
 import warnings
 import weakref
+from itertools import islice
 from threading import get_ident
 from urllib.parse import unquote_plus
 
@@ -565,18 +566,21 @@ class _Guarded:
 def _app_level() -> int:
     """``stacklevel`` for ``warnings.warn`` in :meth:`_Guarded.report`: the
     first frame of the app's code, above the HTTP client's and ours."""
-    level = 2
-    frame: FrameType | None = sys._getframe(2)
+    return 2 + sum(1 for _ in _client_frames(sys._getframe(2)))
+
+
+def _client_frames(frame: FrameType | None) -> t.Iterator[tuple[str, FrameType]]:
+    """``(module, frame)`` of the HTTP client's (and our) frames, from
+    ``frame`` outwards, up to the first frame of the app's code."""
     while frame is not None:
         module = frame.f_globals.get("__name__", "")
         if (
             not isinstance(module, str)
             or module.partition(".")[0] not in _CLIENT_PACKAGES
         ):
-            break
+            return
+        yield module, frame
         frame = frame.f_back
-        level += 1
-    return level
 
 
 def _hint(kind: str, plan: _Plan) -> str:
@@ -675,19 +679,10 @@ class _ClientCall:
     def find(cls, frame: FrameType | None) -> _ClientCall | None:
         """Walk the client's frames (never the app's) for its request."""
         best: _ClientCall | None = None
-        depth = 0
-        while frame is not None and depth < 60:
-            module = frame.f_globals.get("__name__", "")
-            if (
-                not isinstance(module, str)
-                or module.partition(".")[0] not in _CLIENT_PACKAGES
-            ):
-                break
-            found = cls._from_frame(module, frame)
+        for module, client_frame in islice(_client_frames(frame), 60):
+            found = cls._from_frame(module, client_frame)
             if found is not None:
                 best = found  # the outermost one has the whole URL
-            frame = frame.f_back
-            depth += 1
         return best
 
     @classmethod

@@ -30,6 +30,7 @@ import time
 import typing as t
 
 from .context import RequestInfo
+from .server import _uwsgi_value
 
 __all__ = ["KillTimer", "worker_kill_timer"]
 
@@ -175,13 +176,9 @@ def _timeout_from_args(args: list[str]) -> float | None:
 
 def _uwsgi_timer(uwsgi: t.Any, info: RequestInfo | None) -> KillTimer | None:
     try:
-        raw = uwsgi.opt.get("harakiri")
+        raw = _uwsgi_value(uwsgi.opt.get("harakiri"))
     except Exception:
         return None
-    if isinstance(raw, list):
-        raw = raw[-1]
-    if isinstance(raw, bytes):
-        raw = raw.decode("ascii", "replace")
     try:
         seconds = float(raw) if raw is not None else 0.0
     except ValueError:
