@@ -39,6 +39,7 @@ from flask_diag import loopback
 from flask_diag import LoopbackDeadlockError
 from flask_diag import server as server_module
 from flask_diag import signals
+from flask_diag import watchdog
 from flask_diag.loopback import _urls_in
 from flask_diag.loopback import LoopbackGuard
 from flask_diag.loopback import LoopbackWarning
@@ -782,8 +783,16 @@ def test_watchdog_sends_a_sentry_message(
 
 
 def test_watchdog_off_is_a_pass_through() -> None:
-    inner = Flask("x").wsgi_app
-    assert Watchdog(inner, watchdog="off").limit is None
+    app = Flask("x")
+
+    @app.get("/")
+    def view() -> str:
+        # Nothing watches this thread's request while it runs.
+        return repr(watchdog._watched.get(threading.get_ident()))
+
+    app.wsgi_app = Watchdog(app.wsgi_app, watchdog="off")  # type: ignore[method-assign]
+    assert app.wsgi_app.limit is None
+    assert app.test_client().get("/").get_data(as_text=True) == "None"
     assert Settings.load(environ={"FLASK_DIAG_WATCHDOG": "2.5"}).watchdog == 2.5
     assert Settings.load(environ={"FLASK_DIAG_WATCHDOG": "off"}).watchdog is None
     with pytest.raises(flask_diag.DiagConfigError, match="number of seconds"):

@@ -162,6 +162,17 @@ def test_own_url(url: str, expected: str | None) -> None:
 # -- the model in words --------------------------------------------------------
 
 
+FIX_FRAGMENTS = {
+    ("gunicorn", "sync"): "gunicorn -k gthread --threads 4",
+    ("gunicorn", "gthread"): "gunicorn --threads 8",
+    ("werkzeug", "single"): "app.run(threaded=True)",
+    ("werkzeug", "threaded"): "app.run(threaded=True)",
+    ("waitress", None): "waitress --threads=8",
+    ("uwsgi", None): "uwsgi --enable-threads --threads 4",
+    ("unknown", None): "a server that serves concurrent requests",
+}
+
+
 @pytest.mark.parametrize(
     ("fields", "description", "capacity", "concurrent"),
     [
@@ -249,7 +260,10 @@ def test_describe(
     assert server_profile.describe() == description
     assert server_profile.capacity == capacity
     assert server_profile.concurrent is concurrent
-    assert server_profile.fix_hint()
+    # The fix names this server's own switch (or, unknown, the general one).
+    assert FIX_FRAGMENTS[server_profile.server, server_profile.worker_class] in (
+        server_profile.fix_hint()
+    )
 
 
 def test_profile_is_frozen_and_comparable() -> None:
