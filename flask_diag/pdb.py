@@ -448,11 +448,19 @@ class RemotePdb(pdb.Pdb):
         self._detach()
         return True
 
-    def do_interact(self, arg: str) -> None:
+    def _namespaces(self) -> tuple[dict[str, t.Any], t.Mapping[str, t.Any]]:
+        """The current frame's globals and locals, as pdb's commands see them."""
+        if self.curframe is None:
+            return {}, {}
+        # pdb's ``curframe_locals`` holds the values set with ``!name = ...``;
+        # ``f_locals`` only on a Python whose pdb has none.
         local_ns = getattr(self, "curframe_locals", None)
         if local_ns is None:
-            local_ns = self.curframe.f_locals if self.curframe is not None else {}
-        globals_ns = self.curframe.f_globals if self.curframe is not None else {}
+            local_ns = self.curframe.f_locals
+        return self.curframe.f_globals, local_ns
+
+    def do_interact(self, arg: str) -> None:
+        globals_ns, local_ns = self._namespaces()
         console = _Console({**globals_ns, **local_ns}, self.session.channel)
         try:
             console.interact(
@@ -482,8 +490,7 @@ class RemotePdb(pdb.Pdb):
         # As plain pdb, but the recursive debugger must not take over SIGINT
         # either (gunicorn's quit signal in a worker).
         sys.settrace(None)
-        globals_ns = self.curframe.f_globals if self.curframe is not None else {}
-        local_ns = getattr(self, "curframe_locals", None) or {}
+        globals_ns, local_ns = self._namespaces()
         recursive = pdb.Pdb(
             stdin=t.cast("t.IO[str]", self.session.channel),
             stdout=t.cast("t.IO[str]", self.session.channel),
@@ -591,6 +598,7 @@ os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def _set_trace(frame: types.FrameType, header: str | None) -> None:
+    global _current
     try:
         settings = _load_settings()
     except DiagConfigError as exc:
@@ -615,8 +623,8 @@ def _set_trace(frame: types.FrameType, header: str | None) -> None:
             sys.settrace(None)
             session.pdb.set_trace(frame)
             return
-        # Its client left while the code ran: end it, and its tracing.
-        session.ending = session.ending or "disconnected"
+        # Its client left while the code ran: end it (reason
+        # "disconnected"), and its tracing.
         session.end()
         sys.settrace(None)
     if not _acquire(settings, frame):
@@ -630,17 +638,12 @@ def _set_trace(frame: types.FrameType, header: str | None) -> None:
     if session is None:
         _session_lock.release()
         return
-    _set_current(session)
+    _current = session
     try:
         session.pdb.set_trace(frame)
     except BaseException:
         session.end()
         raise
-
-
-def _set_current(session: _Session) -> None:
-    global _current
-    _current = session
 
 
 def _acquire(settings: Settings, frame: types.FrameType) -> bool:

@@ -148,7 +148,7 @@ def _session(
                 out.write("\n")
                 pending = prompt
                 continue
-            if readline is not None and history_path and line.strip():
+            if line.strip():
                 # After each command: a closed terminal loses none of them,
                 # and a client that never got a prompt writes no file.
                 _save_history(readline, history_path)
