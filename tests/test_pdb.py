@@ -427,14 +427,20 @@ def test_client_reset_mid_session_lets_the_code_continue(pdb_env: int) -> None:
 
 
 def test_quit_detaches_and_the_code_continues(pdb_env: int) -> None:
+    def view() -> tuple[dict[str, int], object]:
+        answer = answer_view()
+        return answer, sys.gettrace()  # the line after quit
+
     with capture_logs() as logs:
-        debugged = Debugged(answer_view)
+        debugged = Debugged(view)
         with connect(pdb_env) as sock:
             first_stop(sock)
-            command(sock, "break doubled")  # cleared by quit
+            # A breakpoint left would keep the thread traced after quit.
+            where = _line_of("# the line after quit")
+            assert re.search(r"^Breakpoint \d+ at ", command(sock, f"break {where}"))
             sock.sendall(b"quit\n")
             assert "detached" in read_to_end(sock)
-        assert debugged.join() == {"answer": 1, "doubled": 2}
+        assert debugged.join() == ({"answer": 1, "doubled": 2}, None)
     (ended,) = events(logs, "remote pdb session ended")
     assert ended["reason"] == "quit"
 
@@ -539,6 +545,22 @@ def test_interact_talks_to_the_client(pdb_env: int) -> None:
         sock.sendall(b"c\n")
         read_to_end(sock)
     assert debugged.join() == {"answer": 1, "doubled": 2}
+
+
+def test_debug_runs_a_recursive_debugger_over_the_connection(pdb_env: int) -> None:
+    debugged = Debugged(answer_view)
+    with connect(pdb_env) as sock:
+        first_stop(sock)
+        command(sock, "!answer = 2")
+        entered = command(sock, "debug answer * 42", b"((Pdb)) ")
+        assert "ENTERING RECURSIVE DEBUGGER" in entered
+        # The frame's locals, with the value changed in the session.
+        assert "2" in command(sock, "p answer", b"((Pdb)) ").splitlines()
+        assert "LEAVING RECURSIVE DEBUGGER" in command(sock, "c")
+        assert "2" in command(sock, "p answer").splitlines()  # back in the session
+        sock.sendall(b"c\n")
+        read_to_end(sock)
+    assert debugged.join() == {"answer": 2, "doubled": 4}
 
 
 def test_header_follows_the_banner(pdb_env: int) -> None:

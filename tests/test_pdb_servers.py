@@ -6,6 +6,8 @@ Each test starts ``examples/pitfall4_pdb/app.py`` under a real server on
 ``breakpoint()`` from a thread, and debugs it over TCP: as a raw socket, with
 ``nc``, and with ``python -m flask_diag pdb`` in a real terminal (tmux).
 Every wait is bounded; servers and tmux sessions are stopped at teardown.
+The socket helpers (``connect``, ``command``, ``first_stop``) are those of
+``test_pdb.py``: a session reads the same in-process and on a server.
 """
 
 from __future__ import annotations
@@ -30,12 +32,14 @@ from servers import EXAMPLES
 from servers import free_port
 from servers import ROOT
 from servers import ServerProcess
+from test_pdb import command
+from test_pdb import connect
+from test_pdb import first_stop
 
 pytestmark = pytest.mark.server
 
 APP_DIR = EXAMPLES / "pitfall4_pdb"
 TIMEOUT = 20.0
-PROMPT = b"(Pdb) "
 BREAKPOINT_LINE = next(
     number
     for number, text in enumerate((APP_DIR / "app.py").read_text().splitlines(), 1)
@@ -69,52 +73,6 @@ def get_answer(pool: ThreadPoolExecutor, server: ServerProcess) -> Future[t.Any]
     return pool.submit(requests.get, server.url + "/answer", timeout=60)
 
 
-def connect(port: int, timeout: float = TIMEOUT) -> socket.socket:
-    """Connect to the remote pdb, retrying until it listens (bounded)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            sock = socket.create_connection(("127.0.0.1", port), timeout=1)
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-            continue
-        sock.settimeout(timeout)
-        return sock
-
-
-def read_until(sock: socket.socket, marker: bytes = PROMPT) -> str:
-    data = b""
-    while not data.endswith(marker):
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise AssertionError(f"connection closed; got {data!r}")
-        data += chunk
-    return data.decode()
-
-
-def command(sock: socket.socket, line: str) -> str:
-    sock.sendall(line.encode() + b"\n")
-    return read_until(sock)
-
-
-# Python 3.13+ stops on the line of the breakpoint itself, older versions on
-# the next line: tests step once more on 3.13 to see the same stops.
-_AT_BREAKPOINT = re.compile(r"^-> .*(breakpoint\(\)|set_trace\()", re.M)
-
-
-def past_breakpoint(sock: socket.socket, output: str) -> str:
-    if _AT_BREAKPOINT.search(output.rsplit("\n> ", 1)[-1]):
-        output += command(sock, "n")
-    return output
-
-
-def first_stop(sock: socket.socket) -> str:
-    """The banner and the first stop, on the line after the breakpoint."""
-    return past_breakpoint(sock, read_until(sock))
-
-
 def closes_by_itself(sock: socket.socket, timeout: float = 5.0) -> str:
     """Read until the server closes the connection; fail after ``timeout``."""
     sock.settimeout(timeout)
@@ -146,7 +104,7 @@ def seconds_left(timeout: str) -> int:
 def debug_answer_view(port: int) -> dict[str, str]:
     """The acceptance session: banner, ``p``, ``n``, change a local,
     ``continue``; the connection must close by itself."""
-    with connect(port) as sock:
+    with connect(port, TIMEOUT) as sock:
         banner = first_stop(sock)
         assert f"app.py({BREAKPOINT_LINE + 1})answer()" in banner
         assert "'/answer'" in command(sock, "p request.path")
@@ -254,7 +212,7 @@ def test_gunicorn_gthread_one_session_per_process(
         cwd=APP_DIR,
     )
     first = get_answer(background, server)
-    with connect(pdb_port) as sock:
+    with connect(pdb_port, TIMEOUT) as sock:
         fields = banner_fields(first_stop(sock))
         assert fields["timeout"].startswith(
             "gunicorn --timeout 30, ThreadWorker (from the running worker): a"
@@ -325,7 +283,7 @@ def test_client_disconnect_mid_session_the_request_completes(
         cwd=APP_DIR,
     )
     response = get_answer(background, server)
-    with connect(pdb_port) as sock:
+    with connect(pdb_port, TIMEOUT) as sock:
         first_stop(sock)
         command(sock, "!answer = 3")
     r = response.result(timeout=TIMEOUT)
@@ -335,7 +293,7 @@ def test_client_disconnect_mid_session_the_request_completes(
     assert ended["reason"] == "disconnected"
     # The worker still serves, and the next breakpoint listens again.
     again = get_answer(background, server)
-    with connect(pdb_port) as sock:
+    with connect(pdb_port, TIMEOUT) as sock:
         first_stop(sock)
         sock.sendall(b"c\n")
         closes_by_itself(sock)
