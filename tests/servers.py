@@ -59,6 +59,7 @@ __all__ = [
     "free_port",
     "require_module",
     "server_factory",
+    "uwsgi_command",
     "gunicorn_server",
     "werkzeug_server",
     "waitress_server",
@@ -375,6 +376,25 @@ def _worker_count(args: Sequence[str]) -> int:
         elif arg.startswith("-w") and arg[2:].isdigit():
             workers = int(arg[2:])
     return workers
+
+
+def uwsgi_command(*args: str, module: str = "app:app") -> list[str]:
+    """A uWSGI command line serving ``module`` on ``{host}:{port}``, for
+    :func:`server_factory`; fails (never skips) when uWSGI is missing."""
+    binary = Path(sys.executable).with_name("uwsgi")
+    if not binary.exists():
+        pytest.fail(
+            f"uWSGI is not installed next to {sys.executable}: it is a test"
+            " dependency, install the 'test' extra (pip install -e '.[test]').",
+            pytrace=False,
+        )
+    return [
+        str(binary),
+        *("--http-socket", "{host}:{port}"),
+        *("--master", "--die-on-term", "--need-app"),
+        *("--home", sys.prefix, "--module", module),
+        *args,
+    ]
 
 
 @functools.cache

@@ -19,12 +19,12 @@ import datetime
 import sys
 import time
 import typing as t
-from pathlib import Path
 
 import pytest
 import requests
 from servers import EXAMPLES
 from servers import ServerProcess
+from servers import uwsgi_command
 
 pytestmark = pytest.mark.server
 
@@ -54,23 +54,6 @@ def recognition_api(server_factory: t.Any) -> t.Callable[..., ServerProcess]:
         )
 
     return start
-
-
-def uwsgi_command(*args: str) -> list[str]:
-    binary = Path(sys.executable).with_name("uwsgi")
-    if not binary.exists():
-        pytest.fail(
-            f"uWSGI is not installed next to {sys.executable}: it is a test"
-            " dependency, install the 'test' extra (pip install -e '.[test]').",
-            pytrace=False,
-        )
-    return [
-        str(binary),
-        *("--http-socket", "{host}:{port}"),
-        *("--master", "--die-on-term", "--need-app"),
-        *("--home", sys.prefix, "--module", "app:app"),
-        *args,
-    ]
 
 
 UWSGI = {

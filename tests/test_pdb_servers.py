@@ -32,6 +32,7 @@ from servers import EXAMPLES
 from servers import free_port
 from servers import ROOT
 from servers import ServerProcess
+from servers import uwsgi_command
 from test_pdb import command
 from test_pdb import connect
 from test_pdb import first_stop
@@ -159,30 +160,13 @@ def test_gunicorn_sync_session(
     assert ended["reason"] == "continue"
 
 
-def uwsgi_command(*args: str) -> list[str]:
-    binary = Path(sys.executable).with_name("uwsgi")
-    if not binary.exists():
-        pytest.fail(
-            f"uWSGI is not installed next to {sys.executable}: it is a test"
-            " dependency, install the 'test' extra (pip install -e '.[test]').",
-            pytrace=False,
-        )
-    return [
-        str(binary),
-        *("--http-socket", "{host}:{port}"),
-        *("--master", "--processes", "1", "--die-on-term", "--need-app"),
-        *("--home", sys.prefix, "--module", "app:app"),
-        *args,
-    ]
-
-
 def test_uwsgi_session_shows_harakiri(
     server_factory: t.Callable[..., ServerProcess],
     background: ThreadPoolExecutor,
     pdb_port: int,
 ) -> None:
     server = server_factory(
-        uwsgi_command("--harakiri", "90"),
+        uwsgi_command("--processes", "1", "--harakiri", "90"),
         env=pdb_env(pdb_port),
         cwd=APP_DIR,
         name="uwsgi",
