@@ -130,14 +130,13 @@ def _run_check(args: argparse.Namespace) -> int:
     from .doctor import LoadError
     from .doctor import ServerSpecError
 
-    ignore = [p for value in args.ignore for p in value.split(",") if p.strip()]
     try:
         report = check_import(
             args.app,
             chdir=args.chdir,
             server=args.server,
             https=args.https,
-            ignore=ignore,
+            ignore=args.ignore,
         )
     except (LoadError, ServerSpecError, ValueError) as exc:
         sys.stderr.write(f"python -m flask_diag check: error: {exc}\n")
@@ -186,10 +185,7 @@ def _run_probe(args: argparse.Namespace) -> int:
     except ValueError as exc:
         sys.stderr.write(f"python -m flask_diag probe: error: {exc}\n")
         return 2
-    if args.format == "json":
-        print(result.as_json())
-    else:
-        print("\n".join(result.text()))
+    print(result.render(args.format))
     return result.exit_code
 
 

@@ -12,12 +12,12 @@
 
 from __future__ import annotations
 
-import typing as t
-
 import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from .probe import MAX_CONCURRENCY
+from .probe import MAX_REQUESTS
 from .settings import OPTIONS
 
 __all__ = ["diag_cli"]
@@ -50,10 +50,6 @@ def pdb_command(port: int | None, host: str, once: bool, wait: float | None) -> 
     from .pdb_client import attach
 
     raise SystemExit(attach(port, host=host, once=once, wait=wait))
-
-
-def _split_ids(values: t.Iterable[str]) -> list[str]:
-    return [part for value in values for part in value.split(",") if part.strip()]
 
 
 _format_option = click.option(
@@ -98,7 +94,7 @@ def check_command(
 
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     try:
-        report = check_app(app, server=server, https=https, ignore=_split_ids(ignore))
+        report = check_app(app, server=server, https=https, ignore=ignore)
     except (LoadError, ServerSpecError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
     report.echo(fmt=fmt, color=color)
@@ -110,7 +106,7 @@ def check_command(
 @click.option(
     "-n",
     "count",
-    type=click.IntRange(1, 10_000),
+    type=click.IntRange(1, MAX_REQUESTS),
     default=40,
     show_default=True,
     help="How many requests.",
@@ -126,7 +122,7 @@ def check_command(
 @click.option(
     "-c",
     "--concurrency",
-    type=click.IntRange(1, 64),
+    type=click.IntRange(1, MAX_CONCURRENCY),
     default=4,
     show_default=True,
     help="Requests in flight at once.",
@@ -149,9 +145,5 @@ def probe_command(
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    if fmt == "json":
-        click.echo(result.as_json())
-    else:
-        for line in result.text():
-            click.echo(line)
+    click.echo(result.render(fmt))
     raise SystemExit(result.exit_code)

@@ -26,10 +26,12 @@ import threading
 from http.cookies import SimpleCookie
 from urllib.parse import urlsplit
 
-__all__ = ["MAX_REQUESTS", "ProbeResult", "probe"]
+__all__ = ["MAX_CONCURRENCY", "MAX_REQUESTS", "ProbeResult", "probe"]
 
 #: The most requests one probe sends.
 MAX_REQUESTS = 10_000
+#: The most requests one probe has in flight at once.
+MAX_CONCURRENCY = 64
 
 
 @dataclasses.dataclass
@@ -90,6 +92,10 @@ class ProbeResult:
     def as_json(self) -> str:
         return json.dumps(self.as_dict(), indent=2, sort_keys=True)
 
+    def render(self, fmt: str = "text") -> str:
+        """The JSON document (``fmt="json"``) or the text report."""
+        return self.as_json() if fmt == "json" else "\n".join(self.text())
+
     def text(self) -> list[str]:
         statuses = ", ".join(f"{k}: {v}" for k, v in sorted(self.statuses.items()))
         lines = [
@@ -139,7 +145,7 @@ def _connection(url: str, timeout: float) -> tuple[http.client.HTTPConnection, s
     cls = (
         http.client.HTTPSConnection
         if parts.scheme == "https"
-        else (http.client.HTTPConnection)
+        else http.client.HTTPConnection
     )
     return cls(parts.hostname, parts.port, timeout=timeout), path
 
@@ -191,8 +197,8 @@ def probe(
     """
     if not 1 <= count <= MAX_REQUESTS:
         raise ValueError(f"count must be between 1 and {MAX_REQUESTS}")
-    if not 1 <= concurrency <= 64:
-        raise ValueError("concurrency must be between 1 and 64")
+    if not 1 <= concurrency <= MAX_CONCURRENCY:
+        raise ValueError(f"concurrency must be between 1 and {MAX_CONCURRENCY}")
     if timeout <= 0:
         raise ValueError("timeout must be positive")
     _connection(url, timeout)  # validate before the first request

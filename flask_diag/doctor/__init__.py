@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 import typing as t
 from collections.abc import Iterable
 from pathlib import Path
@@ -65,7 +66,10 @@ def _finish(
     findings: list[Finding],
     ignore: Iterable[str],
 ) -> Report:
-    ignored = {i.strip().upper() for i in ignore}
+    # As given on the command line: repeated, or comma-separated.
+    ignored = {
+        part.strip().upper() for value in ignore for part in value.split(",")
+    } - {""}
     unknown = ignored - set(CHECKS)
     if unknown:
         raise ValueError(
@@ -116,7 +120,8 @@ def check_import(
 
     :raises LoadError: the app cannot be found or imported.
     :raises ServerSpecError: ``server`` cannot be understood.
-    :raises ValueError: an unknown id in ``ignore``.
+    :raises ValueError: an unknown id in ``ignore`` (ids, each item may be
+        comma-separated: ``["DIAG001,DIAG011"]``).
     """
     try:
         loaded = load(spec, chdir=chdir)
@@ -158,8 +163,6 @@ def check_app(
     ignore: Iterable[str] = (),
 ) -> Report:
     """Check an app that is already imported (``flask diag check``)."""
-    import sys
-
     flask_app = find_flask(app)
     import_name = flask_app.import_name if flask_app is not None else app.__module__
     module = sys.modules.get(import_name)

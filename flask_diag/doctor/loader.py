@@ -25,7 +25,7 @@ import types
 import typing as t
 from pathlib import Path
 
-__all__ = ["LoadError", "LoadedApp", "find_flask", "load", "own_files"]
+__all__ = ["LoadError", "LoadedApp", "chain", "find_flask", "load", "own_files"]
 
 _DEFAULT_NAMES = ("app", "application")
 _FACTORIES = ("create_app", "make_app")
@@ -97,20 +97,22 @@ def _default_app(module: types.ModuleType) -> t.Any:
     )
 
 
-def find_flask(wsgi: t.Any, limit: int = 20) -> t.Any:
+def chain(wsgi: t.Any, limit: int = 30) -> t.Iterator[t.Any]:
+    """``wsgi`` and the apps it wraps, outermost first (at most ``limit``,
+    stopping at a cycle)."""
+    seen: set[int] = set()
+    obj = wsgi
+    while obj is not None and id(obj) not in seen and len(seen) < limit:
+        seen.add(id(obj))
+        yield obj
+        obj = next_in_chain(obj)
+
+
+def find_flask(wsgi: t.Any) -> t.Any:
     """The Flask app in a chain of WSGI wrappers, or ``None``."""
     from flask import Flask
 
-    seen: set[int] = set()
-    obj = wsgi
-    for _ in range(limit):
-        if obj is None or id(obj) in seen:
-            return None
-        seen.add(id(obj))
-        if isinstance(obj, Flask):
-            return obj
-        obj = next_in_chain(obj)
-    return None
+    return next((obj for obj in chain(wsgi) if isinstance(obj, Flask)), None)
 
 
 def next_in_chain(obj: t.Any) -> t.Any:

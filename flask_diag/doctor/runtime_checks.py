@@ -18,7 +18,7 @@ import typing as t
 from ..exceptions import DiagConfigError
 from ..settings import Settings
 from .findings import Finding
-from .loader import next_in_chain
+from .loader import chain
 from .static_checks import StaticResult
 
 __all__ = ["RuntimeResult", "check"]
@@ -76,23 +76,12 @@ def weak_secret(key: str | bytes) -> str | None:
 
 
 def _debugged_application(wsgi: t.Any) -> bool:
+    """A bare werkzeug debugger is in the chain. flask_diag's gated debugger
+    is not one: the gate keeps it in ``.debugger``, which the walk does not
+    follow (it is reported as DIAG005)."""
     from werkzeug.debug import DebuggedApplication
 
-    seen: set[int] = set()
-    obj = wsgi
-    for _ in range(30):
-        if obj is None or id(obj) in seen:
-            return False
-        seen.add(id(obj))
-        # flask_diag's own gated debugger wraps werkzeug's: that one is
-        # reported as DIAG005, not as a bare DebuggedApplication.
-        if type(obj).__module__.startswith("flask_diag"):
-            if type(obj).__name__.lower().startswith("debugger"):
-                return False
-        if isinstance(obj, DebuggedApplication):
-            return True
-        obj = next_in_chain(obj)
-    return False
+    return any(isinstance(obj, DebuggedApplication) for obj in chain(wsgi))
 
 
 def _settings(flask_app: t.Any) -> Settings:

@@ -83,10 +83,6 @@ class ServerSpec:
             threads=self.threads,
         ).describe()
 
-    def where(self, option: str) -> dict[str, object]:
-        """``file``/``line`` keyword arguments for a finding about ``option``."""
-        return {"file": self.file, "line": self.lines.get(option)}
-
 
 def _gunicorn_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
