@@ -15,6 +15,7 @@ from flask import Flask
 from werkzeug.debug import DebuggedApplication
 
 from flask_diag import Diag
+from flask_diag.debugger import DebuggerGate
 from flask_diag.doctor import CHECKS
 from flask_diag.doctor import deploy_files
 from flask_diag.doctor import Finding
@@ -418,6 +419,23 @@ def test_debugged_application_in_chain() -> None:
     assert result.debugger
 
 
+def test_gated_debugger_is_not_a_bare_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    # flask_diag's gate holds werkzeug's debugger behind its guards: DIAG005,
+    # not DIAG004; a bare DebuggedApplication under the gate is still DIAG004.
+    monkeypatch.setenv("FLASK_DIAG_DEBUGGER", "on")
+    app = good_app()
+    gate = DebuggerGate(app.wsgi_app, debugger=True)
+    exposed = DebuggerGate(DebuggedApplication(app.wsgi_app), debugger=True)
+    try:
+        app.wsgi_app = gate  # type: ignore[method-assign]
+        assert runtime(app) == ["DIAG005"]
+        app.wsgi_app = exposed  # type: ignore[method-assign]
+        assert runtime(app) == ["DIAG004", "DIAG005"]
+    finally:
+        gate.close()
+        exposed.close()
+
+
 def test_werkzeug_pin_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WERKZEUG_DEBUG_PIN", "off")
     assert runtime(good_app()) == ["DIAG004"]
@@ -648,3 +666,11 @@ def test_every_check_has_a_test() -> None:
 
 def test_static_result_ids() -> None:
     assert StaticResult().ids() == set()
+    result = StaticResult(
+        [
+            Finding.of("DIAG022", "breakpoint", file="a.py", line=3),
+            Finding.of("DIAG020", "own URL", file="a.py", line=5),
+            Finding.of("DIAG022", "breakpoint", file="b.py", line=7),
+        ]
+    )
+    assert result.ids() == {"DIAG020", "DIAG022"}
