@@ -2,9 +2,8 @@
 
 4 sync workers must show at least 2 PIDs (each request on a new connection,
 ``Connection: close``, so the workers' accept loops share them); 1 worker
-exactly 1. The probe runs as the real CLI in a subprocess. ``--preload``:
-gunicorn logs "Booting worker" before a worker imports the app, so without it
-a loaded machine can have one worker serving while the others still import.
+exactly 1. The probe runs as the real CLI in a subprocess; the ``gunicorn_server``
+fixture returns once every worker has loaded the app.
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ def probe(*args: str) -> tuple[int, dict[str, object]]:
 
 
 def test_four_workers_show_several_pids(gunicorn_server) -> None:  # type: ignore[no-untyped-def]
-    server = gunicorn_server("app:app", "-w", "4", "--preload", cwd=CARS)
+    server = gunicorn_server("app:app", "-w", "4", cwd=CARS)
     status, data = probe(server.url + "/cars", "-n", "80", "--timeout", "5")
     assert status == 0
     assert data["answered"] == 80
@@ -57,7 +56,7 @@ def test_one_worker_shows_one_pid(gunicorn_server) -> None:  # type: ignore[no-u
 
 
 def test_session_spread_text(gunicorn_server) -> None:  # type: ignore[no-untyped-def]
-    server = gunicorn_server("app:app", "-w", "4", "--preload", cwd=CARS)
+    server = gunicorn_server("app:app", "-w", "4", cwd=CARS)
     result = subprocess.run(
         [
             sys.executable,
