@@ -436,6 +436,16 @@ def test_gated_debugger_is_not_a_bare_one(monkeypatch: pytest.MonkeyPatch) -> No
         exposed.close()
 
 
+def test_flask_app_found_behind_its_bound_wsgi_app() -> None:
+    # ``application = app.wsgi_app`` (or a middleware around it) is served
+    # by gunicorn as often as ``app`` itself: the Flask app must be found.
+    from flask_diag.doctor.loader import find_flask
+
+    app = good_app()
+    assert find_flask(app.wsgi_app) is app
+    assert find_flask(DebuggedApplication(app.wsgi_app)) is app
+
+
 def test_werkzeug_pin_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WERKZEUG_DEBUG_PIN", "off")
     assert runtime(good_app()) == ["DIAG004"]

@@ -116,8 +116,16 @@ def find_flask(wsgi: t.Any) -> t.Any:
 
 
 def next_in_chain(obj: t.Any) -> t.Any:
-    """The app a WSGI wrapper wraps (``.app``, ``.wsgi_app``...), if any."""
-    for name in ("wsgi_app", "app", "application", "wrapped", "__wrapped__"):
+    """The app a WSGI wrapper wraps (``.app``, ``.wsgi_app``...), if any; for
+    a bound method such as ``flask_app.wsgi_app``, its app."""
+    for name in (
+        "wsgi_app",
+        "app",
+        "application",
+        "wrapped",
+        "__wrapped__",
+        "__self__",
+    ):
         inner = getattr(obj, name, None)
         if inner is not None and inner is not obj and callable(inner):
             return inner
