@@ -71,12 +71,10 @@ import typing as t
 import weakref
 from threading import get_ident
 
-import sentry_sdk
 from werkzeug.wsgi import ClosingIterator
 
 from . import sentry
 from .context import current_pid
-from .context import ENVIRON_KEY
 from .context import is_file_wrapper
 from .context import request_info
 from .context import thread_name
@@ -192,8 +190,8 @@ class _Request:
         self,
         environ: WSGIEnvironment | None,
         ident: int,
-        check: TeardownCheck | None = None,
-        previous: _Request | None = None,
+        check: TeardownCheck,
+        previous: _Request | None,
     ) -> None:
         self.environ = environ
         self.ident = ident
@@ -223,7 +221,6 @@ class _Request:
     def end(self) -> None:
         """The response is closed: the request is over."""
         check = self.check
-        assert check is not None
         findings = check.finish(self)
         if findings and check.raise_mode:
             logger.error(
@@ -231,9 +228,6 @@ class _Request:
                 request_id=findings[0].request_id,
                 hint="the status could no longer be changed to 500",
             )
-
-
-_new_request = object.__new__
 
 
 class Watch:
@@ -270,12 +264,6 @@ class Watch:
         self.checker = checker
         self.active = True
 
-    def check(self, request: _Request) -> list[TeardownFinding]:
-        if not request.checkouts and not request.sessions:
-            return []
-        checker = self.checker
-        return checker(self, request) if checker is not None else []
-
 
 _diag_watches: weakref.WeakKeyDictionary[object, Watch] = weakref.WeakKeyDictionary()
 _diag_lock = threading.Lock()
@@ -283,9 +271,11 @@ _diag_lock = threading.Lock()
 
 def _watch_of(target: object) -> Watch | None:
     """The :class:`Watch` of a Diag, a TeardownCheck or a stack holding one."""
+    from .extension import Diag
+
     if isinstance(target, Watch):
         return target
-    if type(target).__name__ == "Diag" and hasattr(target, "init_app"):
+    if isinstance(target, Diag):
         with _diag_lock:
             watch = _diag_watches.get(target)
             if watch is None:
@@ -396,19 +386,7 @@ class TeardownCheck:
             return self.app(environ, start_response)
         if self.raise_mode:
             return self._held(watch, environ, start_response)
-        ident = get_ident()
-        current = watch.current
-        # _Request(environ, ident, self, previous), without a Python
-        # __init__ call: this runs at every request.
-        request = _new_request(_Request)
-        request.environ = environ
-        request.ident = ident
-        request.checkouts = {}
-        request.sessions = {}
-        request.last = None
-        request.check = self
-        request.previous = current.get(ident)
-        current[ident] = request
+        request = self._begin(watch, environ)
         try:
             app_iter = self.app(environ, start_response)
         except BaseException:
@@ -422,11 +400,18 @@ class TeardownCheck:
             if type(callbacks) is list:
                 callbacks.append(request.end)
                 return app_iter
-        wrapper = environ.get("wsgi.file_wrapper")
-        if wrapper is not None and is_file_wrapper(environ, app_iter):
+        if is_file_wrapper(environ, app_iter):
             self.finish(request)  # the server sends it; we cannot wait
             return app_iter
         request.body = request.app_iter = app_iter
+        return request
+
+    def _begin(self, watch: Watch, environ: WSGIEnvironment) -> _Request:
+        """Start checking a request: this thread serves it now."""
+        ident = get_ident()
+        current = watch.current
+        request = _Request(environ, ident, self, current.get(ident))
+        current[ident] = request
         return request
 
     def _first_request(self) -> None:
@@ -472,10 +457,7 @@ class TeardownCheck:
     def _held(
         self, watch: Watch, environ: WSGIEnvironment, start_response: StartResponse
     ) -> t.Iterable[bytes]:
-        ident = get_ident()
-        current = watch.current
-        request = _Request(environ, ident, self, current.get(ident))
-        current[ident] = request
+        request = self._begin(watch, environ)
         held = _HeldStart(start_response)
         try:
             app_iter = self.app(environ, held)
@@ -572,7 +554,7 @@ def request_fields(environ: WSGIEnvironment | None) -> dict[str, t.Any]:
     """The request id, method, path, pid and thread of a finding."""
     if environ is None:
         return {"pid": current_pid(), "thread": thread_name()}
-    info = environ.get(ENVIRON_KEY) or request_info(environ)
+    info = request_info(environ)
     return {
         "request_id": info.request_id,
         "method": info.method,
@@ -607,29 +589,28 @@ def report(
     if teardown_leak.receivers:
         send_safely(teardown_leak, sender, environ=environ, finding=finding)
     if sentry.is_active():
+        tags: dict[str, object] = {
+            "worker.pid": finding.pid,
+            "worker.thread": finding.thread,
+            "teardown.kind": finding.kind,
+        }
+        if finding.request_id is not None:
+            tags["request_id"] = finding.request_id
         try:
-            with sentry_sdk.isolation_scope() as scope:
-                tags: dict[str, object] = {
-                    "worker.pid": finding.pid,
-                    "worker.thread": finding.thread,
-                    "teardown.kind": finding.kind,
-                }
-                if finding.request_id is not None:
-                    tags["request_id"] = finding.request_id
-                scope.set_tags(tags)
-                scope.set_context(
-                    "teardown leak",
-                    {
-                        "what": finding.what,
-                        "where": finding.where,
-                        "fix": finding.fix,
-                        "method": finding.method,
-                        "path": finding.path,
-                        "stack": list(finding.stack),
-                        **dict(finding.details),
-                    },
-                )
-                sentry_sdk.capture_message(finding.message, level="warning")
+            sentry.capture_warning(
+                finding.message,
+                tags=tags,
+                context_name="teardown leak",
+                context={
+                    "what": finding.what,
+                    "where": finding.where,
+                    "fix": finding.fix,
+                    "method": finding.method,
+                    "path": finding.path,
+                    "stack": list(finding.stack),
+                    **finding.details,
+                },
+            )
         except Exception as exc:
             report_internal_error("sending a teardown leak to Sentry", exc)
 

@@ -149,49 +149,40 @@ def capture_stack(kind: int, skip: int) -> Stack:
         # key to build, no dictionary to look in.
         depth, hot_code, hot_lasti, frames = hot
         try:
-            frame: FrameType | None = _getframe(skip + depth)
+            frame = _getframe(skip + depth)
         except ValueError:  # a shallower stack
-            frame = None
-        if frame is not None and frame.f_code is hot_code:
-            lasti = frame.f_lasti
-            if lasti == hot_lasti:
-                stack = [hot_code, lasti]
-                while frames > 1:
-                    frame = frame.f_back
-                    if frame is None:
-                        break
-                    stack.append(frame.f_code)
-                    stack.append(frame.f_lasti)
-                    frames -= 1
-                return stack
-    depths = _depths.get(kind)
-    if depths:
-        getframe = _getframe
-        for depth in depths:
-            try:
-                frame = getframe(skip + depth)
-            except ValueError:  # a shallower stack
-                continue
-            assert frame is not None
-            code = frame.f_code
-            lasti = frame.f_lasti
-            site = _sites.get((kind, depth, id(code), lasti))
-            if site is None or site[0] is not code:
-                continue
+            pass
+        else:
+            if frame.f_code is hot_code and frame.f_lasti == hot_lasti:
+                return _stack_from(frame, frames)
+    for depth in _depths.get(kind, ()):
+        try:
+            frame = _getframe(skip + depth)
+        except ValueError:  # a shallower stack
+            continue
+        code = frame.f_code
+        lasti = frame.f_lasti
+        site = _sites.get((kind, depth, id(code), lasti))
+        if site is not None and site[0] is code:
             _hot[kind] = (depth, code, lasti, site[1])
-            stack = [code, lasti]
-            left = site[1] - 1
-            # f_back makes the caller's frame object: taken only when the
-            # frame is wanted (not the stop frame above the last one).
-            while left:
-                frame = frame.f_back
-                if frame is None:
-                    break
-                stack.append(frame.f_code)
-                stack.append(frame.f_lasti)
-                left -= 1
-            return stack
-    return _learn(kind, _walk(sys._getframe(skip)))
+            return _stack_from(frame, site[1])
+    return _learn(kind, _walk(_getframe(skip)))
+
+
+def _stack_from(frame: FrameType, frames: int) -> Stack:
+    """``frames`` frames of the stack from ``frame`` (a learned site)
+    outwards, flattened as by :func:`_walk`."""
+    stack: Stack = [frame.f_code, frame.f_lasti]
+    caller: FrameType | None = frame
+    while frames > 1 and caller is not None:
+        # f_back makes the caller's frame object: taken only when the frame
+        # is wanted (not the stop frame above the last one).
+        caller = caller.f_back
+        if caller is not None:
+            stack.append(caller.f_code)
+            stack.append(caller.f_lasti)
+        frames -= 1
+    return stack
 
 
 def _learn(kind: int, stack: Stack) -> Stack:
@@ -688,12 +679,6 @@ _UNHELD_REFS = _unheld_refs()
 
 def _pending(session: Session) -> tuple[int, int, int]:
     """``(new, changed, deleted)`` counts of ``session``."""
-    try:
-        quiet = not (session._new or session._deleted or session.identity_map._modified)
-    except AttributeError:  # another SQLAlchemy's internals: the public way
-        quiet = False
-    if quiet:
-        return (0, 0, 0)  # the common case, without building three sets
     return (len(session.new), len(session.dirty), len(session.deleted))
 
 
@@ -719,51 +704,28 @@ def check(watch: Watch, request: _Request) -> list[TeardownFinding]:
             session, use = sessions.popitem()
             info: _SessionInfo | None = session.__dict__.get(_INFO_KEY)
             unheld = getrefcount(session) <= _UNHELD_REFS
-            if unheld and info is None:
-                # The common case first: nothing but this loop holds the
-                # session (a removed scoped session, a closed 'with
-                # Session()'), so no registry holds it and no later request
-                # can use it; only its own state is looked at.
-                try:
-                    quiet = not (
-                        session._transaction is not None
-                        or session._new
-                        or session._deleted
-                        or session.identity_map._modified
-                    )
-                except AttributeError:
-                    quiet = False
-                if quiet:
-                    continue
+            open_transaction = session.in_transaction()
             try:
-                # _pending()'s first look, inline: this runs at every request.
+                # Any pending change (without building the three sets of
+                # session.new, .dirty and .deleted).
                 busy = bool(
                     session._new or session._deleted or session.identity_map._modified
                 )
-            except AttributeError:
+            except AttributeError:  # another SQLAlchemy's internals
                 busy = True
+            if unheld and info is None and not (open_transaction or busy):
+                # The common case: clean, and nothing but this loop holds
+                # the session (a removed scoped session, a closed 'with
+                # Session()'), so no registry holds it and no later request
+                # can use it: nothing to report, nothing to remember.
+                continue
             pending = _pending(session) if busy else _NOTHING_PENDING
-            open_transaction = session.in_transaction()
-            held = []
             if same_thread is None:
                 same_thread = request.ident == get_ident()
+            held = []
             if same_thread and not unheld:
-                for scoped in watch.scoped:
-                    registry = scoped.registry
-                    if type(registry) is ThreadLocalRegistry:
-                        # _holds(), inline: this runs at every request. The
-                        # thread's own dict: getattr() with a default would
-                        # build (and drop) an AttributeError after remove().
-                        if registry.registry.__dict__.get("value") is session:
-                            held.append(scoped)
-                    elif _holds(scoped, session):
-                        held.append(scoped)
+                held = [scoped for scoped in watch.scoped if _holds(scoped, session)]
             if info is None:
-                if not (open_transaction or busy or held) and unheld:
-                    # Clean, and nothing but this loop holds it (a removed
-                    # scoped session, a closed 'with Session()'): no later
-                    # request can use it, nothing to remember.
-                    continue
                 info = _info_of(session, True)
                 assert info is not None
                 info.watches.append(watch)
