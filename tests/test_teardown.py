@@ -506,11 +506,14 @@ def test_secret_key_set_only_under_main_is_reported_at_start_up(
     assert line["request_id"] is None
 
 
-def test_off_passes_everything_through(engine: Engine) -> None:
+@pytest.mark.parametrize("mode", ["off", "warn"])
+def test_off_passes_everything_through(engine: Engine, mode: str) -> None:
+    # "warn" is the control: the same leak, reported.
+    expected = [] if mode == "off" else ["connection_checked_out"]
     app = Flask("off")
     app.secret_key = "a test secret key that is long enough"
-    diag = Diag(app, teardown="off")
-    diag.watch_engine(engine)  # accepted, never checked
+    diag = Diag(app, teardown=mode)
+    diag.watch_engine(engine)  # accepted, never checked when off
     kept = []
 
     @app.get("/")
@@ -518,9 +521,24 @@ def test_off_passes_everything_through(engine: Engine) -> None:
         kept.append(engine.connect())
         return "x"
 
-    _, lines = get(app, "/")
-    kept[0].close()
-    assert lines == []
+    def plain(environ: t.Any, start_response: t.Any) -> list[bytes]:
+        kept.append(engine.connect())
+        start_response("200 OK", [])
+        return [b"x"]
+
+    # The middleware on its own, as FLASK_DIAG_TEARDOWN=off would build it.
+    check = TeardownCheck(plain, teardown=mode)
+    check.watch_engine(engine)
+    try:
+        _, lines = get(app, "/")
+        with capture_logs() as logs:
+            Client(check).get("/").close()
+    finally:
+        for conn in kept:
+            conn.close()
+    assert [li["kind"] for li in lines] == expected
+    plain_lines = [li for li in logs if li["event"] == "teardown leak"]
+    assert [li["kind"] for li in plain_lines] == expected
 
 
 def test_watch_session_refuses_other_objects() -> None:
