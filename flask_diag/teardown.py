@@ -78,9 +78,11 @@ from .context import current_pid
 from .context import is_file_wrapper
 from .context import request_info
 from .context import thread_name
+from .internal import find_in_stack
 from .internal import logger
 from .internal import report_internal_error
 from .problem import DiagHTTPError
+from .secret_key import secret_key_site
 from .settings import Settings
 from .signals import send_safely
 from .signals import teardown_leak
@@ -286,16 +288,11 @@ def _watch_of(target: object) -> Watch | None:
 
 
 def _find_check(app: object) -> TeardownCheck | None:
-    """Follow ``.app`` (and Flask's ``.wsgi_app``) down to a TeardownCheck."""
+    """The TeardownCheck in ``app``'s middleware chain (a Flask app: in its
+    ``wsgi_app``)."""
     if hasattr(app, "wsgi_app") and hasattr(app, "import_name"):
         app = app.wsgi_app
-    for _ in range(32):
-        if isinstance(app, TeardownCheck):
-            return app
-        app = getattr(app, "app", None)
-        if app is None:
-            return None
-    return None
+    return next(iter(find_in_stack(app, TeardownCheck)), None)
 
 
 def watch_engine(engine: t.Any, target: object) -> None:
@@ -675,16 +672,6 @@ def _secret_key_finding(app: t.Any, site: tuple[str, int] | None) -> TeardownFin
     )
 
 
-def _key_site(app: t.Any) -> tuple[str, int] | None:
-    import sys
-
-    from .errors import main_only_secret_key
-
-    module = sys.modules.get(app.import_name)
-    path = getattr(module, "__file__", None)
-    return main_only_secret_key(path) if isinstance(path, str) else None
-
-
 def _startup_secret_key(app: t.Any, check: TeardownCheck) -> None:
     # At start-up only the certain case is reported: the module sets the key
     # under ``__main__`` alone and is not running as ``__main__``. A key set
@@ -692,7 +679,7 @@ def _startup_secret_key(app: t.Any, check: TeardownCheck) -> None:
     try:
         if app.secret_key or app.import_name == "__main__":
             return
-        site = _key_site(app)
+        site = secret_key_site(app)
         if site is not None:
             report(_secret_key_finding(app, site), None, check)
             check.key_reported = True
@@ -723,7 +710,7 @@ def _watch_session_use(app: t.Any, check: TeardownCheck) -> None:
             return
         check.key_reported = True
         finding = dataclasses.replace(
-            _secret_key_finding(app, _key_site(app)), **request_fields(environ)
+            _secret_key_finding(app, secret_key_site(app)), **request_fields(environ)
         )
         report(finding, environ, check)
 

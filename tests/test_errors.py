@@ -55,11 +55,11 @@ from flask_diag import DiagHTTPError
 from flask_diag import ErrorEnvelope
 from flask_diag import signals
 from flask_diag import wrap
-from flask_diag.errors import main_only_secret_key
 from flask_diag.errors import map_exception
 from flask_diag.errors import PROPAGATE_KEY
 from flask_diag.problem import CODES
 from flask_diag.problem import prefers_html
+from flask_diag.secret_key import main_only_secret_key
 from flask_diag.testing import capture_logs
 from flask_diag.testing import capture_signals
 
