@@ -201,9 +201,15 @@ def exception_text(line: dict[str, t.Any]) -> str:
     return lines[-1] if lines else "(none)"
 
 
-def module_exists(name: str) -> bool:
-    """Whether this interpreter (the one the servers run) can import ``name``."""
-    return importlib.util.find_spec(name) is not None
+def require(example: str, *modules: str) -> None:
+    """Stop the demo, saying what to install, if this interpreter (the one
+    the servers run) cannot import every module ``example`` needs."""
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        raise SystemExit(
+            f"examples/{example} needs {', '.join(modules)}; not installed"
+            f" here: {', '.join(missing)} (pip install -e '.[demo]')."
+        )
 
 
 def wait_for_line(
@@ -268,12 +274,7 @@ def scenario_secret_key() -> None:
 def scenario_self_call() -> None:
     title("Pitfall 2: the request that calls back into its own server")
     cwd = EXAMPLES / "pitfall2_selfcall"
-    missing = [name for name in ("requests", "httpx") if not module_exists(name)]
-    if missing:
-        raise SystemExit(
-            "examples/pitfall2_selfcall/app.py imports requests and httpx; not"
-            f" installed here: {', '.join(missing)} (pip install -e '.[demo]')."
-        )
+    require("pitfall2_selfcall/app.py", "requests", "httpx")
     say("examples/pitfall2_selfcall/app.py: POST /recognize hands the URL of its")
     say("own static/cat.png to an image recognition API (recognition_api.py, a")
     say("second server here), which fetches it. gunicorn's sync worker with -w 1")
@@ -441,6 +442,7 @@ def scenario_workers() -> None:
     say("examples/pitfall7_cars/app.py keeps its cars in a module-level list.")
     say("A client POSTs a car, then GETs the list, again and again.")
     rows = []
+    wrong = []  # the rows whose GET did not count every car posted so far
     with gunicorn("app:app", "-w", "4", cwd=EXAMPLES / "pitfall7_cars") as server:
         # An idle server often hands a lone client's requests to one worker;
         # go on (bounded) until the other workers have shown up.
@@ -448,12 +450,12 @@ def scenario_workers() -> None:
             post = request("POST", server.url + "/cars", {"name": f"car-{i}"})
             get = request("GET", server.url + "/cars")
             rows.append((i + 1, post, get))
-            wrong_so_far = sum(json.loads(g[2])["count"] != n for n, _, g in rows)
-            if i >= 29 and wrong_so_far >= 3:
+            if json.loads(get[2])["count"] != i + 1:
+                wrong.append(rows[-1])
+            if i >= 29 and len(wrong) >= 3:
                 break
         time.sleep(0.3)
         lines = [line for line in server.json_lines() if "request_id" in line]
-    wrong = [row for row in rows if json.loads(row[2][2])["count"] != row[0]]
     say(
         f"\n  {'posted':>6}  {'GET count':>9}  "
         "POST served by  GET served by  X-Request-ID"
@@ -599,6 +601,7 @@ def scenario_debugger() -> None:
 
 
 PDB_PROMPT = b"(Pdb) "
+PDB_COMMANDS = ["p request.path", "n", "!answer = 42", "c"]
 
 
 def pdb_session(port: int, commands: list[str], timeout: float = 20) -> list[str]:
@@ -617,7 +620,6 @@ def pdb_session(port: int, commands: list[str], timeout: float = 20) -> list[str
     sock.settimeout(timeout)
     outputs = []
     with sock:
-        data = b""
         for line in [None, *commands]:
             if line is not None:
                 sock.sendall(line.encode() + b"\n")
@@ -664,14 +666,12 @@ def scenario_pdb() -> None:
             daemon=True,
         )
         client.start()
-        outputs = pdb_session(port, ["p request.path", "n", "!answer = 42", "c"])
+        outputs = pdb_session(port, PDB_COMMANDS)
         client.join(timeout=30)
     banner = [x for x in outputs[0].splitlines() if x.startswith("***")]
     for text in banner:
         say("  " + textwrap.shorten(text, width=100, placeholder=" ..."))
-    for command, output in zip(
-        ["p request.path", "n", "!answer = 42", "c"], outputs[1:], strict=False
-    ):
+    for command, output in zip(PDB_COMMANDS, outputs[1:], strict=False):
         shown = [x for x in output.splitlines() if x and not x.startswith("(Pdb)")]
         say(f"  (Pdb) {command}")
         for text in shown[:2]:
@@ -706,9 +706,7 @@ TEARDOWN_PATHS = (
 
 def scenario_session() -> None:
     title("Pitfall 6: database sessions that outlive their request (gunicorn)")
-    if not module_exists("sqlalchemy"):
-        say("(skipped: this Python has no SQLAlchemy; bash scripts/demo.sh has it)")
-        return
+    require("pitfall6_session/app.py", "sqlalchemy")
     say("examples/pitfall6_session/app.py keeps a module-global Session and has")
     say("one view per leak kind next to its clean twin (SQLite file database;")
     say("tests/test_teardown_servers.py replays it on PostgreSQL with an idle")
@@ -784,8 +782,6 @@ def scenario_doctor() -> None:
     say("gunicorn does and reads its source; the fixed versions (app_fixed.py)")
     say("give no finding.")
     for folder, app, server in DOCTOR_CASES:
-        if not (EXAMPLES / folder).is_dir():
-            continue
         shown = f"--server {server!r} " if server else ""
         say(f"\n$ cd examples/{folder}; python -m flask_diag check {shown}{app}")
         report = doctor(folder, app, server)
@@ -801,19 +797,17 @@ def scenario_doctor() -> None:
                     placeholder=" ...",
                 )
             )
-        fixed = EXAMPLES / folder / "app_fixed.py"
-        if fixed.exists():
-            clean = doctor(folder, "app_fixed:app", None)
-            if clean is not None:
-                count = len(clean["findings"])
-                say(f"  app_fixed.py: {count} finding{'s' * (count != 1)}")
+        clean = doctor(folder, "app_fixed:app", None)
+        if clean is not None:
+            count = len(clean["findings"])
+            say(f"  app_fixed.py: {count} finding{'s' * (count != 1)}")
 
     title("flask diag probe: which workers answer (gunicorn -w 4, then -w 1)")
+    cwd = EXAMPLES / "pitfall7_cars"
     for workers in ("4", "1"):
-        cwd = EXAMPLES / "pitfall7_cars"
-        with gunicorn("app:app", "-w", workers, cwd=cwd) as server:
+        with gunicorn("app:app", "-w", workers, cwd=cwd) as cars:
             probe = subprocess.run(
-                [sys.executable, "-m", "flask_diag", "probe", server.url + "/cars"]
+                [sys.executable, "-m", "flask_diag", "probe", cars.url + "/cars"]
                 + ["-n", "40"],
                 capture_output=True,
                 text=True,
