@@ -1,9 +1,9 @@
 """Cost of the error envelope on the success path, against the bare app.
 
-The same hello-world Flask app and the same method as ``bench_stack.py``
-(whose helpers it uses): a direct WSGI call with a prepared environ, body
-consumed and response closed, and werkzeug's test client; variants
-interleaved round by round, each keeping its best round, all in one run.
+The same hello-world Flask app and the same two harnesses as
+``bench_stack.py``: a direct WSGI call with a prepared environ, body consumed
+and response closed, and werkzeug's test client; variants interleaved round
+by round, each keeping its best round, all in one run.
 
 Variants:
 
@@ -24,14 +24,15 @@ Variants:
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
 import sys
 
-import structlog
-from bench_stack import make_app
+from _harness import header
+from _harness import make_app
+from _harness import parser
+from _harness import quiet_structlog
+from _harness import ratio_table
+from _harness import write_json
 from bench_stack import measure
 from flask import Flask
 
@@ -66,49 +67,26 @@ def variants() -> dict[str, Flask]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a short smoke run")
-    parser.add_argument("--json", metavar="FILE", help="also write the figures")
-    args = parser.parse_args(argv)
+    args = parser(__doc__).parse_args(argv)
     for key in list(os.environ):
         if key == "FLASK_DIAG" or key.startswith("FLASK_DIAG_"):
             del os.environ[key]  # Diag() reads the environment
     rounds, n = (2, 200) if args.quick else (15, 3000)
-    # structlog renders nothing, as in bench_stack.py.
-    structlog.configure(
-        processors=[structlog.contextvars.merge_contextvars],
-        logger_factory=structlog.ReturnLoggerFactory(),
-    )
+    quiet_structlog()
     results = measure(variants(), rounds, n)
-    print(
-        f"python {platform.python_version()} on {platform.machine()}, "
-        f"pid {os.getpid()}, best of {rounds} rounds of {n} requests"
-    )
-    figures: dict[str, dict[str, dict[str, float]]] = {}
+    header(rounds, n)
+    figures = {}
     for harness, best in results.items():
-        bare = best["bare"]
-        print(f"\n[{harness}] {'variant':<20} {'us/request':>10} {'ratio':>7}")
-        for name, seconds in best.items():
-            ratio = seconds / bare
-            print(
-                f"{'':<{len(harness) + 3}}{name:<20} "
-                f"{seconds * 1e6:>10.2f} {ratio:>7.3f}"
-            )
-            figures.setdefault(harness, {})[name] = {
-                "us": seconds * 1e6,
-                "ratio": ratio,
-            }
+        figures[harness] = ratio_table(harness, best, width=20)
         added = best["tagging+envelope"] - best["tagging"]
         print(
             f"{'':<{len(harness) + 3}}envelope inside tagging adds "
-            f"{added * 1e6:.2f} us ({added / bare * 100:.1f}% of bare)"
+            f"{added * 1e6:.2f} us ({added / best['bare'] * 100:.1f}% of bare)"
         )
     ratio = figures["direct"]["envelope"]["ratio"]
     verdict = "ok" if ratio <= TARGET else "OVER TARGET"
     print(f"\nenvelope / bare (direct): {ratio:.3f}, target <= {TARGET}: {verdict}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(figures, f, indent=2)
+    write_json(args.json, figures)
     return 0
 
 

@@ -2,9 +2,10 @@
 
 Three measurements, all in one process:
 
-- **Flask**: the same method as ``bench_stack.py`` (its hello-world Flask app
-  and its ``direct`` harness: a WSGI call with a prepared environ, the body
-  consumed and closed; variants interleaved round by round, best round kept).
+- **Flask**: the same method as ``bench_stack.py`` (the hello-world Flask app
+  and the ``direct`` harness of ``_harness.py``: a WSGI call with a prepared
+  environ, the body consumed and closed; variants interleaved round by round,
+  best round kept).
   The target (at most 2 % on a hello-world request that makes no outbound
   call) refers to these ratios. Differences of a few tenths of a microsecond
   are at the edge of what this harness resolves on a busy machine.
@@ -29,20 +30,23 @@ where it only warns; on a capacity-1 server, where it raises).
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
 import socket
 import sys
 import threading
 import time
 import typing as t
 
-import structlog
-from bench_stack import make_app
-from bench_stack import time_direct
-from werkzeug.test import EnvironBuilder
+from _harness import best_of_apps
+from _harness import Environ
+from _harness import header
+from _harness import hello_environ
+from _harness import ignore_response
+from _harness import make_app
+from _harness import parser
+from _harness import quiet_structlog
+from _harness import time_direct
+from _harness import write_json
+from _harness import WSGIApp
 from werkzeug.wsgi import ClosingIterator
 
 from flask_diag import loopback
@@ -51,9 +55,6 @@ from flask_diag.server import Listener
 from flask_diag.server import ServerProfile
 from flask_diag.watchdog import Watchdog
 
-Environ = dict[str, t.Any]
-WSGIApp = t.Callable[[Environ, t.Callable[..., t.Any]], t.Iterable[bytes]]
-Variants = dict[str, WSGIApp]
 CONNECTS = 20
 
 
@@ -93,18 +94,12 @@ def nothing(environ: Environ, start_response: t.Callable[..., t.Any]) -> list[by
     return [b""]
 
 
-def _ignore(
-    status: str, headers: list[tuple[str, str]], exc_info: t.Any = None
-) -> None:
-    return None
-
-
 def time_alone(app: WSGIApp, environ: Environ, n: int) -> float:
     """A middleware around :func:`nothing`: its own cost per request."""
     copy = environ.copy
     start = time.perf_counter()
     for _ in range(n):
-        app(copy(), _ignore)
+        app(copy(), ignore_response)
     return (time.perf_counter() - start) / n
 
 
@@ -122,35 +117,15 @@ def connecting_app(sink: Sink, count: int) -> WSGIApp:
     return app
 
 
-def measure(
-    variants: Variants,
-    timer: t.Callable[[WSGIApp, Environ, int], float],
-    rounds: int,
-    n: int,
-    environ: Environ,
-) -> dict[str, float]:
-    for app in variants.values():  # warm up
-        timer(app, environ, max(n // 10, 5))
-    best = {name: float("inf") for name in variants}
-    for _ in range(rounds):
-        for name, app in variants.items():
-            best[name] = min(best[name], timer(app, environ, n))
-    return best
-
-
 def flask_app(wrap: t.Callable[[WSGIApp], WSGIApp] | None = None) -> WSGIApp:
     app = make_app()
     if wrap is not None:
-        app.wsgi_app = wrap(app.wsgi_app)  # type: ignore[method-assign,assignment,arg-type]
-    return app  # type: ignore[return-value]
+        app.wsgi_app = wrap(app.wsgi_app)  # type: ignore[method-assign,assignment]
+    return app
 
 
 def run(rounds: int, n: int) -> dict[str, dict[str, float]]:
-    structlog.configure(
-        processors=[structlog.contextvars.merge_contextvars],
-        logger_factory=structlog.ReturnLoggerFactory(),
-    )
-    environ = EnvironBuilder("/").get_environ()
+    quiet_structlog()
     server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     server.bind(("127.0.0.1", 0))
     server.listen(8)
@@ -171,73 +146,63 @@ def run(rounds: int, n: int) -> dict[str, dict[str, float]]:
     connect_n = max(n // 20, 10)
     results: dict[str, dict[str, float]] = {}
     assert not loopback._hook_installed, "the hook must not be installed yet"
-    results["flask, before the hook"] = measure(
+    results["flask, before the hook"] = best_of_apps(
         {
             "bare": flask_app(),
             "guard, no fixed limit": flask_app(guard(unbounded)),
             "watchdog": flask_app(watchdog),
         },
-        time_direct,  # type: ignore[arg-type]
         rounds,
         n,
-        environ,
     )
-    results["alone, before the hook"] = measure(
+    results["alone, before the hook"] = best_of_apps(
         {
             "nothing": nothing,
             "guard, no fixed limit": guard(unbounded)(nothing),
             "watchdog": watchdog(nothing),
         },
-        time_alone,
         rounds,
         n * 10,
-        environ,
+        timer=time_alone,
     )
-    connects_before = measure(
+    connects_before = best_of_apps(
         {"none": connecting_app(sink, 0), "K": connecting_app(sink, CONNECTS)},
-        time_direct,  # type: ignore[arg-type]
         rounds,
         connect_n,
-        environ,
     )
     assert not loopback._hook_installed, "a disarmed guard installed the hook"
 
     armed = flask_app(guard(bounded))
-    time_direct(armed, environ, 1)  # type: ignore[arg-type]  # installs the hook
+    time_direct(armed, hello_environ(), 1)  # installs the hook
     assert loopback._hook_installed
-    results["flask, after the hook"] = measure(
+    results["flask, after the hook"] = best_of_apps(
         {
             "bare": flask_app(),
             "guard, bounded server": armed,
             "guard, capacity 1": flask_app(guard(single)),
             "guard + watchdog, bounded": flask_app(both(bounded)),
         },
-        time_direct,  # type: ignore[arg-type]
         rounds,
         n,
-        environ,
     )
-    results["alone, after the hook"] = measure(
+    results["alone, after the hook"] = best_of_apps(
         {
             "nothing": nothing,
             "guard, bounded server": guard(bounded)(nothing),
             "guard, capacity 1": guard(single)(nothing),
             "guard + watchdog, bounded": both(bounded)(nothing),
         },
-        time_alone,
         rounds,
         n * 10,
-        environ,
+        timer=time_alone,
     )
-    connects_after = measure(
+    connects_after = best_of_apps(
         {
             "none": guard(bounded)(connecting_app(sink, 0)),
             "K": guard(bounded)(connecting_app(sink, CONNECTS)),
         },
-        time_direct,  # type: ignore[arg-type]
         rounds,
         connect_n,
-        environ,
     )
     results["per connect"] = {
         "no hook": (connects_before["K"] - connects_before["none"]) / CONNECTS,
@@ -287,20 +252,11 @@ def report(results: dict[str, dict[str, float]]) -> dict[str, t.Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a short smoke run")
-    parser.add_argument("--json", metavar="FILE", help="also write the figures")
-    args = parser.parse_args(argv)
+    args = parser(__doc__).parse_args(argv)
     rounds, n = (2, 200) if args.quick else (60, 1000)
     results = run(rounds, n)
-    print(
-        f"python {platform.python_version()} on {platform.machine()}, "
-        f"pid {os.getpid()}, best of {rounds} rounds of {n} requests"
-    )
-    figures = report(results)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(figures, f, indent=2)
+    header(rounds, n)
+    write_json(args.json, report(results))
     return 0
 
 

@@ -27,37 +27,28 @@ cancels most of the machine's noise.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
 import sys
 import time
 import typing as t
 import uuid
 
-import structlog
+from _harness import best_of_apps
+from _harness import Environ
+from _harness import header
+from _harness import make_app
+from _harness import parser
+from _harness import quiet_structlog
+from _harness import ratio_table
+from _harness import time_direct
+from _harness import write_json
+from _harness import WSGIApp
 from flask import Flask
 from structlog.contextvars import bind_contextvars
 from structlog.contextvars import clear_contextvars
 from werkzeug.test import Client
-from werkzeug.test import EnvironBuilder
 
 from flask_diag import RequestTagging
 from flask_diag import wrap
-
-Environ = dict[str, t.Any]
-WSGIApp = t.Callable[[Environ, t.Callable[..., t.Any]], t.Iterable[bytes]]
-
-
-def make_app() -> Flask:
-    app = Flask("bench")
-
-    @app.get("/")
-    def hello() -> str:
-        return "Hello, World!"
-
-    return app
 
 
 class HandWrittenRequestId:
@@ -82,18 +73,12 @@ class HandWrittenRequestId:
         return self.app(environ, with_header)
 
 
-def _start_response(
-    status: str, headers: list[tuple[str, str]], exc_info: t.Any = None
-) -> None:
-    return None
-
-
 def flask_diag_variants() -> dict[str, Flask]:
     tagging = make_app()
     tagging.wsgi_app = RequestTagging(tagging.wsgi_app)  # type: ignore[method-assign]
     full = make_app()
     # The full default stack; no FLASK_DIAG_* variable may change it.
-    full.wsgi_app = wrap(full.wsgi_app, environ={})  # type: ignore[method-assign]
+    full.wsgi_app = wrap(full.wsgi_app, environ={})  # type: ignore[method-assign,assignment]
     hand = make_app()
     hand.wsgi_app = HandWrittenRequestId(hand.wsgi_app)  # type: ignore[method-assign]
     return {
@@ -104,18 +89,7 @@ def flask_diag_variants() -> dict[str, Flask]:
     }
 
 
-def time_direct(app: Flask, environ: Environ, n: int) -> float:
-    copy = environ.copy
-    start = time.perf_counter()
-    for _ in range(n):
-        it = app(copy(), _start_response)
-        for _chunk in it:
-            pass
-        it.close()  # type: ignore[attr-defined]
-    return (time.perf_counter() - start) / n
-
-
-def time_client(app: Flask, environ: Environ, n: int) -> float:
+def time_client(app: WSGIApp, environ: Environ, n: int) -> float:
     client = Client(app)
     start = time.perf_counter()
     for _ in range(n):
@@ -127,18 +101,13 @@ HARNESSES = {"direct": time_direct, "client": time_client}
 
 
 def measure(apps: dict[str, Flask], rounds: int, n: int) -> dict[str, dict[str, float]]:
-    environ = EnvironBuilder("/").get_environ()
-    results: dict[str, dict[str, float]] = {}
-    for harness, timer in HARNESSES.items():
-        count = n if harness == "direct" else max(n // 3, 10)
-        for app in apps.values():  # warm up
-            timer(app, environ, max(count // 10, 5))
-        best = {name: float("inf") for name in apps}
-        for _ in range(rounds):
-            for name, app in apps.items():
-                best[name] = min(best[name], timer(app, environ, count))
-        results[harness] = best
-    return results
+    """Each harness in turn, with fewer requests for the slower client."""
+    return {
+        harness: best_of_apps(
+            apps, rounds, n if harness == "direct" else max(n // 3, 10), timer=timer
+        )
+        for harness, timer in HARNESSES.items()
+    }
 
 
 def measure_sentry(rounds: int, n: int) -> dict[str, dict[str, float]]:
@@ -168,12 +137,7 @@ def measure_sentry(rounds: int, n: int) -> dict[str, dict[str, float]]:
 
 
 def run(rounds: int, n: int, sentry: bool) -> dict[str, dict[str, float]]:
-    # structlog renders nothing: the middleware binds its context as in an
-    # app that logs nothing on this route.
-    structlog.configure(
-        processors=[structlog.contextvars.merge_contextvars],
-        logger_factory=structlog.ReturnLoggerFactory(),
-    )
+    quiet_structlog()
     results = measure(flask_diag_variants(), rounds, n)
     if sentry:
         for harness, values in measure_sentry(max(rounds // 3, 1), n).items():
@@ -182,34 +146,17 @@ def run(rounds: int, n: int, sentry: bool) -> dict[str, dict[str, float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a short smoke run")
-    parser.add_argument("--no-sentry", action="store_true", help="skip sentry-sdk")
-    parser.add_argument("--json", metavar="FILE", help="also write the figures")
-    args = parser.parse_args(argv)
+    cli = parser(__doc__)
+    cli.add_argument("--no-sentry", action="store_true", help="skip sentry-sdk")
+    args = cli.parse_args(argv)
     rounds, n = (2, 200) if args.quick else (12, 3000)
     results = run(rounds, n, sentry=not args.no_sentry)
-    print(
-        f"python {platform.python_version()} on {platform.machine()}, "
-        f"pid {os.getpid()}, best of {rounds} rounds of {n} requests"
-    )
-    figures: dict[str, dict[str, dict[str, float]]] = {}
-    for harness, best in results.items():
-        bare = best["bare"]
-        print(f"\n[{harness}] {'variant':<26} {'us/request':>10} {'ratio':>7}")
-        for name, seconds in best.items():
-            ratio = seconds / bare
-            print(
-                f"{'':<{len(harness) + 3}}{name:<26} "
-                f"{seconds * 1e6:>10.2f} {ratio:>7.3f}"
-            )
-            figures.setdefault(harness, {})[name] = {
-                "us": seconds * 1e6,
-                "ratio": ratio,
-            }
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(figures, f, indent=2)
+    header(rounds, n)
+    figures = {
+        harness: ratio_table(harness, best, width=26)
+        for harness, best in results.items()
+    }
+    write_json(args.json, figures)
     return 0
 
 
