@@ -84,6 +84,7 @@ from .exceptions import DiagConfigError
 from .exceptions import DiagWarning
 from .internal import logger
 from .internal import report_internal_error
+from .server import format_address
 from .settings import Settings
 from .signals import pdb_session_ended
 from .signals import pdb_session_started
@@ -715,10 +716,6 @@ def _listen(host: str, port: int) -> socket.socket:
     raise error
 
 
-def _format_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _attach_command(host: str, port: int) -> str:
     option = "" if host == "127.0.0.1" else f" --host {host}"
     return f"python -m flask_diag pdb {port}{option}  (or: nc {host} {port})"
@@ -768,7 +765,7 @@ def _open_session(
         return None
     try:
         bound_host, bound_port = listener.getsockname()[:2]
-        address = _format_address(bound_host, bound_port)
+        address = format_address(bound_host, bound_port)
         logger.warning(
             "remote pdb waiting for a client",
             address=address,
@@ -796,7 +793,7 @@ def _open_session(
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     except OSError:
         pass
-    peer_text = _format_address(str(peer[0]), int(peer[1]))
+    peer_text = format_address(str(peer[0]), int(peer[1]))
     session = _Session(
         _Channel(conn), settings, address=address, peer=peer_text, request_id=request_id
     )

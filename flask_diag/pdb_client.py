@@ -40,6 +40,8 @@ import sys
 import time
 import typing as t
 
+from .server import format_address
+
 __all__ = ["attach", "DEFAULT_HOST", "DEFAULT_PORT", "HISTORY_FILE"]
 
 DEFAULT_HOST = "127.0.0.1"
@@ -84,7 +86,7 @@ def attach(
             return 2
     history_path = os.path.expanduser(history) if history else None
     readline = _load_history(history_path)
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    address = format_address(host, port)
     try:
         err.write(f"waiting for a breakpoint on {address} (Ctrl-C to quit)\n")
         err.flush()

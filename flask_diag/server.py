@@ -110,12 +110,19 @@ __all__ = [
     "ServerProfile",
     "current",
     "detect",
+    "format_address",
     "is_local_ip",
     "scan_listeners",
 ]
 
 #: The environ key holding the :class:`ServerProfile` of the serving process.
 ENVIRON_KEY = "flask_diag.server"
+
+
+def format_address(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 address in brackets: ``[::1]:8000``."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
 
 # Names that always mean this host, whatever the resolver says.
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
@@ -147,9 +154,7 @@ class Listener:
     def __str__(self) -> str:
         if self.family == "unix":
             return f"unix:{self.host}"
-        if self.family == "inet6":
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
+        return format_address(self.host, self.port)
 
     @classmethod
     def from_socket(cls, sock: socket.socket) -> Listener:

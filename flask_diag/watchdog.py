@@ -70,6 +70,7 @@ from .internal import report_internal_error
 from .server import current as current_profile
 from .server import detect
 from .server import ENVIRON_KEY as SERVER_KEY
+from .server import format_address
 from .server import ServerProfile
 from .settings import Settings
 from .signals import request_stuck
@@ -245,7 +246,7 @@ def _blocked_socket(
                 continue
             if isinstance(peer, tuple):
                 host, port = peer[0], peer[1]
-                text = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                text = format_address(host, port)
                 own = (
                     profile is not None and profile.own_address(host, port) is not None
                 )
