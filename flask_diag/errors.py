@@ -101,6 +101,8 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import InternalServerError
 
 from . import sentry
+from . import sentry_delivery
+from .closing import inert_response
 from .context import ENVIRON_KEY
 from .context import is_file_wrapper
 from .context import request_info
@@ -285,11 +287,14 @@ class _Rendering:
     """What answering an error reads from the settings, and the rendering
     itself: shared by :class:`ErrorEnvelope` and the Flask handler."""
 
-    __slots__ = ("negotiate", "debug", "header_key", "trust")
+    __slots__ = ("negotiate", "debug", "header_key", "trust", "confirm")
 
     def __init__(self, settings: Settings) -> None:
         self.negotiate = settings.errors == "negotiate"
         self.debug = settings.debug_errors
+        self.confirm = settings.sentry_confirm
+        if self.confirm is not None:
+            sentry_delivery.watch_every_client()
         self.header_key = settings.request_id_environ_key
         self.trust = settings.trust_request_id
 
@@ -311,6 +316,7 @@ class _Rendering:
                 self.request_id(environ),
                 negotiate=self.negotiate,
                 debug=self.debug or bool(getattr(flask_app, "debug", False)),
+                confirm=self.confirm,
             )
         except Exception as internal:
             report_internal_error("building an error envelope", internal)
@@ -385,6 +391,11 @@ class ErrorEnvelope:
             app_iter = self.app(environ, response)
         except Exception as exc:
             return response.answer_exception(exc)
+        if response.status is not None and inert_response(app_iter):
+            # Started, below 400 or with an error response the app chose, and
+            # a werkzeug body already in memory (Flask's common case): the
+            # server's iteration and close cannot raise, nothing to guard.
+            return app_iter
         if is_file_wrapper(environ, app_iter):
             # Let the server send the file itself (sendfile): no inspection.
             response.release()
@@ -441,10 +452,12 @@ _new_response = object.__new__
 class _GuardedResponse:
     """Per request: the app's ``start_response`` and the response iterable.
 
-    On a status below 400 ``__call__`` forwards at once and iteration goes
-    chunk by chunk to the app's iterator, so the only per-request cost is
-    this object and the generator. Error statuses the app might not have
-    chosen are held back until the body shows whether it is a stock page.
+    On a status below 400 ``__call__`` forwards at once. A werkzeug body
+    already in memory then goes to the server unwrapped
+    (:func:`~flask_diag.closing.inert_response`); any other body is iterated
+    chunk by chunk by a generator that catches what the iteration raises.
+    Error statuses the app might not have chosen are held back until the
+    body shows whether it is a stock page.
     """
 
     # Class-level defaults: the rarely used attributes cost nothing.
@@ -787,6 +800,7 @@ def finish(
     *,
     negotiate: bool,
     debug: bool,
+    confirm: float | None = None,
 ) -> tuple[int, list[tuple[str, str]], bytes]:
     """Report an answer (log, Sentry, signal) and render it.
 
@@ -805,7 +819,9 @@ def finish(
             # line's copy of the same exception as a duplicate.
             if exc is not None:
                 flask_reported = environ.get(_FLASK_REPORTED) is exc
-                event_id = capture(exc, request_id, flask_reported=flask_reported)
+                event_id = capture(
+                    exc, request_id, flask_reported=flask_reported, confirm=confirm
+                )
                 environ[_REPORTED] = (exc, event_id)
             fields: dict[str, t.Any] = {
                 "status": status,
@@ -868,38 +884,54 @@ def fallback(environ: WSGIEnvironment) -> tuple[int, list[tuple[str, str]], byte
 
 
 def capture(
-    exc: BaseException, request_id: str, *, flask_reported: bool = False
+    exc: BaseException,
+    request_id: str,
+    *,
+    flask_reported: bool = False,
+    confirm: float | None = None,
 ) -> str | None:
-    """Send ``exc`` to Sentry once; return the event id the SDK accepted.
+    """Send ``exc`` to Sentry once; return its event id if Sentry has it.
 
     ``None`` when Sentry is not initialised or the event was dropped
     (``before_send``, sampling), and when the transport is going to drop it:
     its queue is full, or the Sentry server told it to back off (HTTP 429,
-    ``X-Sentry-Rate-Limits``). Delivery itself is asynchronous: an accepted
-    id means the SDK queued the event for sending. When Flask already sent
-    ``got_request_exception`` for ``exc`` and sentry-sdk's Flask
-    integration is on, the integration has captured it: not sent twice,
-    and the id is the one it reported.
+    ``X-Sentry-Rate-Limits``). With ``confirm`` (seconds), also when Sentry
+    did not answer 2xx for the event within that time, or failed recently
+    (see :mod:`flask_diag.sentry_delivery`); without it an id means the SDK
+    queued the event. When Flask already sent ``got_request_exception`` for
+    ``exc`` and sentry-sdk's Flask integration is on, the integration has
+    captured it: not sent twice, and the id is the one it reported.
     """
     if not sentry.is_active():
         return None
     try:
         client = sentry_sdk.get_client()
+        transport = getattr(client, "transport", None)
+        if confirm is not None:
+            sentry_delivery.watch(transport)
+        event_id: str | None
         if flask_reported and client.get_integration("flask") is not None:
-            last: str | None = sentry_sdk.last_event_id()
-            return last if _transport_healthy(client) else None
-        event, hint = event_from_exception(
-            exc,
-            client_options=client.options,
-            mechanism={"type": "flask_diag", "handled": False},
-        )
-        tags = event.setdefault("tags", {})
-        tags.setdefault("request_id", request_id)
-        # Asked before capturing: a dropped event must not be quoted to the
-        # user as if it could be found in Sentry.
-        healthy = _transport_healthy(client)
-        event_id = sentry_sdk.capture_event(event, hint=hint)
-        return event_id if healthy else None
+            event_id = sentry_sdk.last_event_id()
+            healthy = _transport_healthy(client)
+        else:
+            event, hint = event_from_exception(
+                exc,
+                client_options=client.options,
+                mechanism={"type": "flask_diag", "handled": False},
+            )
+            tags = event.setdefault("tags", {})
+            tags.setdefault("request_id", request_id)
+            # Asked before capturing: a dropped event must not be quoted to
+            # the user as if it could be found in Sentry.
+            healthy = _transport_healthy(client)
+            event_id = sentry_sdk.capture_event(event, hint=hint)
+        if event_id is None or not healthy:
+            return None
+        if confirm is not None:
+            accepted = sentry_delivery.delivered(transport, event_id, confirm)
+            if accepted is False:
+                return None
+        return event_id
     except Exception as internal:
         report_internal_error("sending an error to Sentry", internal)
         return None

@@ -88,6 +88,20 @@ def _parse_seconds_or_off(value: object) -> float | None:
     raise ValueError
 
 
+def _parse_confirm(value: object) -> float | None:
+    if isinstance(value, bool):
+        return 2.0 if value else None
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _FALSE:
+            return None
+        value = float(text)  # ValueError for anything else
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if 0 < value <= 30:
+            return float(value)
+    raise ValueError
+
+
 def _parse_port(value: object) -> int:
     if isinstance(value, str):
         value = int(value.strip())  # ValueError for anything else
@@ -277,6 +291,16 @@ class Settings:
         _BOOL_ACCEPTED,
         "Put the exception type, message and traceback into error envelopes. "
         "Never on a server the public can reach.",
+    )
+    sentry_confirm: float | None = _setting(
+        2.0,
+        _parse_confirm,
+        "a number of seconds up to 30 (e.g. 2, 0.5), or off",
+        "Put a 5xx's Sentry ``event_id`` into the error body only once Sentry "
+        "accepted the event: wait at most this long for its answer (an error "
+        "response waits, a success never). After a failure, errors do not "
+        "wait until Sentry accepts an event again. ``off``: quote the id as "
+        "soon as sentry-sdk queued the event.",
     )
     loopback: str = _setting(
         "raise",

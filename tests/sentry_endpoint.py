@@ -236,6 +236,12 @@ class SentryEndpoint:
         #: ``Retry-After`` and ``X-Sentry-Rate-Limits``, as Sentry does when
         #: a project is over its quota (the envelope is still recorded).
         self.rate_limit: int | None = None
+        #: When set, envelopes are answered with this error status (the
+        #: envelope is still recorded), as during a Sentry incident.
+        self.fail_status: int | None = None
+        #: Seconds to wait before answering (the envelope is recorded at
+        #: once): a Sentry that is slow or does not answer in time.
+        self.delay: float = 0.0
 
     # -- life cycle --------------------------------------------------------
 
@@ -393,6 +399,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 raw=raw,
             )
         )
+        if self.endpoint.delay:
+            time.sleep(min(self.endpoint.delay, 30.0))
+        if self.endpoint.fail_status is not None:
+            self._answer(self.endpoint.fail_status, {"detail": "failing on purpose"})
+            return
         limit = self.endpoint.rate_limit
         if limit is not None:
             self._answer(

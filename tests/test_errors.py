@@ -316,6 +316,16 @@ def make_flask_app(**diag_options: t.Any) -> tuple[Flask, Diag]:
         session["user"] = "alice"
         return "logged in"
 
+    @app.get("/close-fails")
+    def close_fails() -> Response:
+        response = Response("sent in full")
+
+        @response.call_on_close
+        def fail() -> None:
+            raise RuntimeError("cleanup after the response broke")
+
+        return response
+
     diag = Diag(app, **diag_options)
     return app, diag
 
@@ -791,6 +801,37 @@ def test_exception_after_the_response_started_is_logged_and_reraised(
     assert line["exc_info"][1] is result.error
     assert line["status"] == 200
     assert not logged(logs, "request failed")
+
+
+def test_exception_in_a_close_callback_is_logged_and_reraised(
+    flask_app: Flask,
+) -> None:
+    # A body in memory, but a ``call_on_close`` function that raises: the
+    # response is guarded although its iteration cannot fail.
+    with capture_logs() as logs:
+        result = run_wsgi(flask_app, environ_for("/close-fails"))
+    assert result.status_code == 200
+    assert result.body == b"sent in full"
+    assert isinstance(result.error, RuntimeError)
+    (line,) = logged(logs, "response failed after it started")
+    assert line["exc_info"][1] is result.error
+    assert line["request_id"] == result.headers["X-Request-ID"]
+
+
+def test_a_plain_success_goes_out_as_werkzeugs_own_iterator(flask_app: Flask) -> None:
+    # The success path's cost: a body already in memory is not wrapped by
+    # the envelope nor by the tagging middleware (no generator, no object).
+    from werkzeug.wsgi import ClosingIterator
+
+    environ = environ_for("/")
+    started: list[str] = []
+    app_iter = flask_app(
+        environ, lambda status, headers, exc_info=None: started.append(status)
+    )
+    assert type(app_iter) is ClosingIterator
+    assert started == ["200 OK"]
+    assert b"".join(app_iter) == b"hello"
+    app_iter.close()  # type: ignore[attr-defined]
 
 
 def test_exception_before_the_first_chunk_is_an_envelope(flask_app: Flask) -> None:
@@ -1508,26 +1549,141 @@ def test_sentry_dropped_event_gives_no_event_id(
 def test_sentry_rate_limited_event_gives_no_event_id(
     sentry_endpoint: t.Any, sentry_init: t.Any, fclient: t.Any
 ) -> None:
-    """Once the Sentry server answered 429 (over quota), the SDK drops
-    events until the limit expires: the body must not quote an id that can
-    never be found in Sentry."""
+    """Sentry answers 429 (over quota): it did not accept the event, and the
+    SDK drops the next ones until the limit expires. No body may quote an id
+    that can never be found in Sentry."""
     import sentry_sdk
 
     sentry_endpoint.rate_limit = 60
     sentry_init()
-    with capture_logs():
+    with capture_logs() as logs:
         first = assert_envelope(fclient.get("/crash"), 500, "internal_error")
-    # The first event was sent (and answered 429): its id was accepted.
-    assert re.fullmatch(r"[0-9a-f]{32}", first["event_id"]), first
-    sentry_endpoint.wait_for_events(1)
-    sentry_sdk.flush(timeout=5)
+    assert "event_id" not in first, first  # sent, answered 429
+    (line,) = logged(logs, "request failed")
+    assert line["event_id"] is None
+    assert len(sentry_endpoint.wait_for_events(1)) == 1
     with capture_logs() as logs:
         second = assert_envelope(fclient.get("/crash"), 500, "internal_error")
-    assert "event_id" not in second, second
+    assert "event_id" not in second, second  # not even sent
     (line,) = logged(logs, "request failed")
     assert line["event_id"] is None
     sentry_sdk.flush(timeout=5)
     assert len(sentry_endpoint.events) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "path"),
+    [
+        (500, "/crash"),
+        (503, "/crash"),
+        (413, "/crash"),
+        (400, "/crash"),
+        (503, "/none"),
+    ],
+)
+def test_sentry_refusing_the_event_gives_no_event_id(
+    sentry_endpoint: t.Any, sentry_init: t.Any, fclient: t.Any, status: int, path: str
+) -> None:
+    # ``/none`` is captured by sentry-sdk's Flask integration, not by us.
+    sentry_endpoint.fail_status = status
+    sentry_init()
+    with capture_logs() as logs:
+        response = fclient.get(path)
+    problem = assert_envelope(response, 500, "internal_error")
+    assert "event_id" not in problem, problem
+    (line,) = logged(logs, "request failed")
+    assert line["event_id"] is None
+    # The event did reach the endpoint: it was refused, not lost on the way.
+    (event,) = sentry_endpoint.wait_for_events(1)
+    assert event.tags["request_id"] == response.headers["X-Request-ID"]
+
+
+def _closed_port() -> int:
+    """A port on 127.0.0.1 nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return t.cast(int, sock.getsockname()[1])
+
+
+def test_sentry_unreachable_gives_the_same_response_without_event_id(
+    sentry_init: t.Any, fclient: t.Any
+) -> None:
+    import time
+
+    with capture_logs():
+        reference = fclient.get("/crash")  # Sentry not initialised
+    sentry_init(dsn=f"http://public@127.0.0.1:{_closed_port()}/1")
+    started = time.monotonic()
+    with capture_logs() as logs:
+        response = fclient.get("/crash")
+    took = time.monotonic() - started
+    problem = assert_envelope(response, 500, "internal_error")
+    assert "event_id" not in problem, problem
+    expected = json.loads(reference.get_data())
+    for member in ("type", "title", "status", "detail", "code", "instance"):
+        assert problem[member] == expected[member]
+    assert response.headers["Content-Type"] == reference.headers["Content-Type"]
+    (line,) = logged(logs, "request failed")
+    assert line["event_id"] is None
+    assert took < 2.0, took  # refused at once: no wait for the whole timeout
+
+
+def test_sentry_confirm_off_quotes_the_queued_id(
+    sentry_init: t.Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``FLASK_DIAG_SENTRY_CONFIRM=off``: the id is quoted once queued, even
+    though this Sentry cannot be reached (the documented trade-off)."""
+    monkeypatch.setenv("FLASK_DIAG_SENTRY_CONFIRM", "off")
+    app, _ = make_flask_app()
+    sentry_init(dsn=f"http://public@127.0.0.1:{_closed_port()}/1")
+    with capture_logs():
+        problem = assert_envelope(
+            app.test_client().get("/crash"), 500, "internal_error"
+        )
+    assert re.fullmatch(r"[0-9a-f]{32}", problem["event_id"]), problem
+
+
+def test_sentry_slow_answer_waits_once_then_not_until_it_recovers(
+    sentry_endpoint: t.Any, sentry_init: t.Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sentry takes longer than ``FLASK_DIAG_SENTRY_CONFIRM``: the first error
+    waits that long and quotes no id; the next ones do not wait while Sentry
+    has not answered; once it accepted an event again, ids come back."""
+    import time
+
+    import sentry_sdk
+
+    monkeypatch.setenv("FLASK_DIAG_SENTRY_CONFIRM", "0.5")
+    app, _ = make_flask_app()
+    client = app.test_client()
+    sentry_endpoint.delay = 2.0
+    sentry_init()
+    timings = []
+    problems = []
+    for _ in range(2):
+        started = time.monotonic()
+        with capture_logs():
+            problems.append(
+                assert_envelope(client.get("/crash"), 500, "internal_error")
+            )
+        timings.append(time.monotonic() - started)
+    assert all("event_id" not in p for p in problems), problems
+    assert 0.5 <= timings[0] < 1.5, timings  # waited for the bound, no more
+    assert timings[1] < 0.3, timings  # no second wait during the outage
+    # Sentry recovers: the queued events are answered 2xx ...
+    sentry_endpoint.delay = 0.0
+    sentry_sdk.flush(timeout=10)
+    assert len(sentry_endpoint.wait_for_events(2)) == 2
+    # ... and the next error's id is quoted again, and is the one received.
+    with capture_logs():
+        problem = assert_envelope(client.get("/crash"), 500, "internal_error")
+    assert "event_id" in problem, problem
+    event = sentry_endpoint.wait_for_events(
+        1, where=lambda e: e.event_id == problem.get("event_id")
+    )
+    assert event, problem
 
 
 def test_sentry_plain_wsgi_and_stream_failures(

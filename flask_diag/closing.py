@@ -1,0 +1,71 @@
+"""What a werkzeug response will do when the server iterates and closes it.
+
+Flask, and any werkzeug app, returns a :class:`werkzeug.wsgi.ClosingIterator`
+around its response. A middleware that only guards the iteration and the
+close of the response (to report an exception raised there) can step aside
+when neither can raise: :func:`inert_response`. That is Flask's common case,
+a view returning a string, bytes, a dict or a template::
+
+    if inert_response(app_iter):
+        return app_iter          # nothing to guard: no wrapper, no generator
+    return Guarded(app_iter)
+
+It reads werkzeug internals (``ClosingIterator._callbacks``, the bound
+``Response.close`` werkzeug registers, ``Response._on_close``): when those
+change it answers ``False`` and the caller guards the response as it would
+any other.
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+from werkzeug.wrappers import Response
+from werkzeug.wrappers import response as _response_module
+from werkzeug.wsgi import ClosingIterator
+
+__all__ = ["inert_response"]
+
+_ITER_ENCODED = getattr(
+    getattr(_response_module, "_iter_encoded", None), "__code__", object()
+)
+_EMPTY_ITER = type(iter(()))
+
+
+def inert_response(app_iter: object) -> bool:
+    """Whether iterating and closing ``app_iter`` cannot raise.
+
+    True for ``ClosingIterator(response.iter_encoded(), response.close)``
+    (what ``Response.__call__`` returns) when the body is one ``bytes``
+    object already in memory, or for ``ClosingIterator((), response.close)``
+    (``HEAD``, 204, 304), and the response has no ``call_on_close``
+    functions. A body that is a list of ``str`` is not inert (werkzeug
+    encodes it while the server iterates, which can fail), nor a generator,
+    nor a ``ClosingIterator`` another middleware built around an iterable of
+    its own.
+    """
+    # Plain attribute reads under one ``try`` (free unless it raises): this
+    # runs on every request the error envelope sees.
+    if type(app_iter) is not ClosingIterator:
+        return False
+    try:
+        # Typed loosely on purpose: these are werkzeug's private attributes.
+        closing: t.Any = app_iter
+        callbacks = closing._callbacks
+        response = callbacks[-1].__self__
+        body = response.response
+        if (
+            type(body) is not list
+            or response._on_close
+            or not isinstance(response, Response)
+        ):
+            return False
+        if len(callbacks) == 2:
+            # [the _iter_encoded generator's close, response.close]
+            if callbacks[0].__self__.gi_code is not _ITER_ENCODED:
+                return False
+            return len(body) == 1 and type(body[0]) is bytes
+        # [response.close] around an empty iterator: no body is sent.
+        return len(callbacks) == 1 and type(closing._next.args[0]) is _EMPTY_ITER
+    except (AttributeError, IndexError, TypeError):
+        return False
