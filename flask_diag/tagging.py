@@ -28,10 +28,8 @@ Usable alone around any WSGI callable::
 
 The request's context variables are set when the request starts and
 restored to their previous values when the server closes the response (also
-when the app raises, and only after the last chunk of a streamed body; as
-soon as the app returns when its body is already in memory, since none of
-its code runs after that), so nothing of ours leaks into the next request
-the thread serves. Keys your own
+when the app raises, and only after the last chunk of a streamed body), so
+nothing of ours leaks into the next request the thread serves. Keys your own
 code binds with ``bind_contextvars`` are yours to clear; structlog recommends
 ``clear_contextvars()`` at the start of each request, or
 ``bound_contextvars()``.
@@ -47,7 +45,6 @@ from contextlib import AbstractContextManager
 from contextvars import Token
 
 from . import sentry
-from .closing import inert_response
 from .context import current_pid_str
 from .context import is_file_wrapper
 from .context import request_info
@@ -168,12 +165,6 @@ class RequestTagging:
         except BaseException:
             response.end()
             raise
-        if response.status is not None and inert_response(app_iter):
-            # A werkzeug body already in memory (Flask's common case): none
-            # of the app's code runs after this, so the request ends now and
-            # the server gets werkzeug's own iterator, unwrapped.
-            response.end()
-            return app_iter
         if is_file_wrapper(environ, app_iter):
             # Let the server send the file itself (sendfile, uWSGI offload):
             # end the request's context now, since wrapping would hide the
