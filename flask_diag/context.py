@@ -216,13 +216,12 @@ def request_info(
     if _CHECK_PID and os.getpid() != _pid:
         _refresh_pid()
     incoming = environ.get(header_key)
-    cleaned = clean_request_id(incoming) if trust_incoming else None
-    if cleaned is not None:
-        request_id = cleaned
-    else:
+    if incoming is None:
         request_id = f"{_id_prefix}{next(_id_counter):016x}"
-        if incoming is not None:
-            environ[header_key] = request_id
+    elif trust_incoming and _SAFE_REQUEST_ID.fullmatch(incoming):
+        request_id = incoming
+    else:
+        request_id = environ[header_key] = f"{_id_prefix}{next(_id_counter):016x}"
     traceparent = environ.get("HTTP_TRACEPARENT")
     info = factory(
         request_id,

@@ -44,8 +44,11 @@ import typing as t
 from contextlib import AbstractContextManager
 from contextvars import Token
 
+from werkzeug.wsgi import ClosingIterator
+
 from . import sentry
 from .context import current_pid_str
+from .context import ENVIRON_KEY
 from .context import is_file_wrapper
 from .context import request_info
 from .context import RequestInfo
@@ -65,7 +68,6 @@ if t.TYPE_CHECKING:
 
 __all__ = ["RequestTagging"]
 
-_TAGGED = "flask_diag.tagged"
 _VARS = structlog_vars("request_id", "pid", "thread", "method", "path")
 _REQUEST_ID, _PID, _THREAD, _METHOD, _PATH = _VARS
 (_TRACE_ID,) = structlog_vars("trace_id")
@@ -106,24 +108,26 @@ class RequestTagging:
     def __call__(
         self, environ: WSGIEnvironment, start_response: StartResponse
     ) -> t.Iterable[bytes]:
-        if _TAGGED in environ:
-            # Wrapped twice (``Diag(app)`` and ``wrap(app)``): the outer one
-            # tags; a second set of headers would duplicate them.
-            return self.app(environ, start_response)
-        environ[_TAGGED] = True
         # Every line here runs on every request: the response object is the
         # request's RequestInfo too, and nothing optional costs more than
         # one test when it is off.
-        info = request_info(
-            environ,
-            header_key=self._header_key,
-            trust_incoming=self._trust,
-            factory=_TaggedResponse,
-        )
-        if type(info) is _TaggedResponse:
-            response = info
+        info = environ.get(ENVIRON_KEY)
+        if info is None:
+            response = t.cast(
+                _TaggedResponse,
+                request_info(
+                    environ,
+                    header_key=self._header_key,
+                    trust_incoming=self._trust,
+                    factory=_TaggedResponse,
+                ),
+            )
+        elif type(info) is _TaggedResponse:
+            # Wrapped twice (``Diag(app)`` and ``wrap(app)``): the outer one
+            # tags; a second set of headers would duplicate them.
+            return self.app(environ, start_response)
         else:  # another middleware saw the request first (a custom stack)
-            response = _TaggedResponse.copy_of(info)
+            response = environ[ENVIRON_KEY] = _TaggedResponse.copy_of(info)
         response.owner = self
         response.server_start_response = start_response
         # Setting context variables cannot fail; the Sentry step and each
@@ -165,7 +169,7 @@ class RequestTagging:
         except BaseException:
             response.end()
             raise
-        if is_file_wrapper(environ, app_iter):
+        if type(app_iter) is not ClosingIterator and is_file_wrapper(environ, app_iter):
             # Let the server send the file itself (sendfile, uWSGI offload):
             # end the request's context now, since wrapping would hide the
             # file from the server.
