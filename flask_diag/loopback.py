@@ -316,6 +316,9 @@ class _Outbound:
         return sock
 
 
+_new_guarded = object.__new__
+
+
 class _Guarded:
     """One guarded request, as the hook sees it.
 
@@ -1012,25 +1015,23 @@ class LoopbackGuard:
             # Wrapped twice (Diag and wrap), or an app calling an app in the
             # same thread: the outer request is guarded already.
             return self.app(environ, start_response)
-        if plan.blocking:
-            return self._guard(plan, environ, start_response, ident)
-        # A server with room: calls back are only warned about, nothing is
-        # raised or broken, so the response is not watched over.
-        _requests[ident] = (self, plan, environ)
-        try:
-            return self.app(environ, start_response)
-        finally:
-            _requests.pop(ident, None)  # (absent in a child the view forked)
-
-    def _guard(
-        self,
-        plan: _Plan,
-        environ: WSGIEnvironment,
-        start_response: StartResponse,
-        ident: int,
-    ) -> t.Iterable[bytes]:
-        """A request on a capacity-1 server: its error becomes the answer."""
-        guarded = _Guarded(self, plan, environ, start_response, ident)
+        if not plan.blocking:
+            # A server with room: calls back are only warned about, nothing
+            # is raised or broken, so the response is not watched over.
+            _requests[ident] = (self, plan, environ)
+            try:
+                return self.app(environ, start_response)
+            finally:
+                _requests.pop(ident, None)  # (absent in a child the view forked)
+        # A capacity-1 server: the request's error becomes the answer. Made
+        # here, without a call to ``_Guarded.__init__``: every request of
+        # such a server comes through.
+        guarded = _new_guarded(_Guarded)
+        guarded.guard = self
+        guarded.plan = plan
+        guarded.environ = environ
+        guarded.server_start_response = start_response
+        guarded.ident = ident
         _requests[ident] = guarded
         try:
             return self.app(environ, guarded.start_response)
