@@ -30,6 +30,7 @@ _ITER_ENCODED = getattr(
     getattr(_response_module, "_iter_encoded", None), "__code__", object()
 )
 _EMPTY_ITER = type(iter(()))
+_RESPONSE_CLOSE = Response.close
 
 
 def inert_response(app_iter: object) -> bool:
@@ -39,7 +40,8 @@ def inert_response(app_iter: object) -> bool:
     (what ``Response.__call__`` returns) when the body is one ``bytes``
     object already in memory, or for ``ClosingIterator((), response.close)``
     (``HEAD``, 204, 304), and the response has no ``call_on_close``
-    functions. A body that is a list of ``str`` is not inert (werkzeug
+    functions, and werkzeug's own ``close()``. A body that is a list of
+    ``str`` is not inert (werkzeug
     encodes it while the server iterates, which can fail), nor a generator,
     nor a ``ClosingIterator`` another middleware built around an iterable of
     its own.
@@ -52,6 +54,8 @@ def inert_response(app_iter: object) -> bool:
         # Typed loosely on purpose: these are werkzeug's private attributes.
         closing: t.Any = app_iter
         callbacks = closing._callbacks
+        if callbacks[-1].__func__ is not _RESPONSE_CLOSE:
+            return False  # not werkzeug's own close (a subclass overrides it)
         response = callbacks[-1].__self__
         body = response.response
         if (

@@ -31,9 +31,11 @@ with the original arguments, and a fault in their bookkeeping is swallowed.
 from __future__ import annotations
 
 import inspect
+import os
 import threading
 import time
 import typing as t
+import weakref
 from collections import OrderedDict
 
 import sentry_sdk
@@ -46,6 +48,17 @@ _KEEP = 1024
 _ATTR = "_flask_diag_delivery"
 _install_lock = threading.Lock()
 _local = threading.local()
+_all_deliveries: weakref.WeakSet[_Deliveries] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    global _install_lock
+    _install_lock = threading.Lock()
+    for deliveries in list(_all_deliveries):
+        deliveries.after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 class _Deliveries:
@@ -81,24 +94,50 @@ class _Deliveries:
     def wait(self, event_id: str, timeout: float) -> bool | None:
         deadline = time.monotonic() + timeout
         with self.changed:
+            if event_id not in self.outcomes:
+                return None  # not queued through this transport
             while True:
-                if event_id not in self.outcomes:
-                    # Not queued through this transport (or pushed out).
-                    return None
-                outcome = self.outcomes[event_id]
+                outcome = self.outcomes.get(event_id)
                 if outcome is not None:
                     return outcome
+                if event_id not in self.outcomes:
+                    return False  # pushed out by newer ones: unknown, not quoted
                 if self.failing_since is not None:
                     return False
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
+                    # No answer in time: the other waiters stop waiting too.
                     self.failing_since = time.monotonic()
+                    self.changed.notify_all()
                     return False
                 self.changed.wait(remaining)
+
+    def after_fork(self) -> None:
+        # The child has no sending thread of the parent, and a lock the
+        # parent held while forking would stay held: start afresh.
+        self.changed = threading.Condition()
+        self.outcomes = OrderedDict()
+        self.failing_since = None
+
+
+def _unwrap(transport: object) -> object:
+    """The transport that sends, behind a proxy that poses as it.
+
+    ``SENTRY_PRINT_ENVELOPES=1`` makes sentry-sdk wrap its transport in one
+    that prints each envelope, forwards the rest and reports the inner
+    transport's class as its own: the sending happens inside.
+    """
+    for _ in range(4):
+        inner = getattr(transport, "__dict__", {}).get("_inner")
+        if inner is None or type(transport) is transport.__class__:
+            break
+        transport = inner
+    return transport
 
 
 def watch(transport: object) -> bool:
     """Instrument ``transport`` once; ``False`` when it cannot tell outcomes."""
+    transport = _unwrap(transport)
     if isinstance(getattr(transport, _ATTR, None), _Deliveries):
         return True
     send = getattr(transport, "_send_envelope", None)
@@ -126,8 +165,10 @@ def watch(transport: object) -> bool:
                 _local.ids = None
 
         def send_envelope(envelope: t.Any) -> t.Any:
-            # The SDK's sending thread: errors reach on_dropped_event.
+            # The SDK's sending thread. A refusal (any non-2xx, the SDK's own
+            # rate limit) reaches on_dropped_event and returns normally.
             ids = _local.ids = _event_ids(envelope, None)
+            _local.dropped = False
             try:
                 result = send(envelope)
             except BaseException:
@@ -135,12 +176,14 @@ def watch(transport: object) -> bool:
                 raise
             finally:
                 _local.ids = None
-            deliveries.record(ids, True)
+            if not _local.dropped:
+                deliveries.record(ids, True)
             return result
 
         def on_dropped_event(reason: str) -> t.Any:
             ids = getattr(_local, "ids", None)
             if ids is not None:
+                _local.dropped = True
                 deliveries.record(ids, False)
             return dropped(reason)
 
@@ -151,6 +194,7 @@ def watch(transport: object) -> bool:
             setattr(transport, _ATTR, deliveries)
         except (AttributeError, TypeError):  # a transport with __slots__
             return False
+        _all_deliveries.add(deliveries)
     return True
 
 
@@ -190,7 +234,7 @@ def delivered(transport: object, event_id: str, timeout: float) -> bool | None:
     then). ``None``: unknown, the event did not go through ``transport``
     after :func:`watch`.
     """
-    deliveries = getattr(transport, _ATTR, None)
+    deliveries = getattr(_unwrap(transport), _ATTR, None)
     if not isinstance(deliveries, _Deliveries):
         return None
     return deliveries.wait(event_id, timeout)

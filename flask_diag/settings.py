@@ -89,13 +89,19 @@ def _parse_seconds_or_off(value: object) -> float | None:
 
 
 def _parse_confirm(value: object) -> float | None:
+    # Seconds; ``on`` for the default, ``off`` (or 0) for no confirmation.
     if isinstance(value, bool):
         return 2.0 if value else None
     if isinstance(value, str):
         text = value.strip().lower()
         if text in _FALSE:
             return None
-        value = float(text)  # ValueError for anything else
+        try:
+            value = float(text)
+        except ValueError:
+            if text in _TRUE:
+                return 2.0
+            raise
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if 0 < value <= 30:
             return float(value)
@@ -295,7 +301,7 @@ class Settings:
     sentry_confirm: float | None = _setting(
         2.0,
         _parse_confirm,
-        "a number of seconds up to 30 (e.g. 2, 0.5), or off",
+        "a number of seconds up to 30 (e.g. 2, 0.5), on (2 seconds) or off",
         "Put a 5xx's Sentry ``event_id`` into the error body only once Sentry "
         "accepted the event: wait at most this long for its answer (an error "
         "response waits, a success never). After a failure, errors do not "

@@ -94,6 +94,29 @@ def test_other_iterables_are_not_inert() -> None:
     assert not inert_response(ClosingIterator(generator(), [lambda: None]))
 
 
+def test_a_response_class_with_its_own_close_is_not_inert() -> None:
+    closed: list[bool] = []
+
+    class Audited(Response):
+        def close(self) -> None:
+            closed.append(True)  # the app's code runs at close
+            super().close()
+
+    app = Flask(__name__)
+    app.response_class = Audited
+
+    @app.get("/")
+    def index() -> str:
+        return "hello"
+
+    result = app_iter(app, "/")
+    assert not inert_response(result)
+    result.close()
+    assert closed == [True]
+    plain = Response(b"x")
+    assert not inert_response(ClosingIterator(plain.iter_encoded(), plain.freeze))
+
+
 def test_werkzeug_internals_changed() -> None:
     # Whatever werkzeug changes, the answer is "guard it", never an error.
     closing = ClosingIterator([b"x"])

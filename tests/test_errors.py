@@ -1692,6 +1692,55 @@ def test_sentry_slow_answer_waits_once_then_not_until_it_recovers(
     assert event, problem
 
 
+def test_sentry_print_envelopes_still_confirms(
+    sentry_endpoint: t.Any,
+    sentry_init: t.Any,
+    fclient: t.Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``SENTRY_PRINT_ENVELOPES=1`` wraps sentry-sdk's transport in a printer
+    posing as it; the outcome is read from the transport inside."""
+    monkeypatch.setenv("SENTRY_PRINT_ENVELOPES", "1")
+    client = sentry_init()
+    assert type(client.transport).__name__ == "_EnvelopePrinterTransport"
+    for _ in range(2):
+        with capture_logs():
+            response = fclient.get("/crash")
+        problem = assert_envelope(response, 500, "internal_error")
+        assert "event_id" in problem, problem
+        sentry_endpoint.wait_for_events(
+            1, where=lambda e, p=problem: e.event_id == p["event_id"]
+        )
+
+
+def test_sentry_slow_refusals_do_not_make_every_error_wait(
+    sentry_endpoint: t.Any, sentry_init: t.Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gateway that answers 503 after longer than the bound: the first
+    error waits the bound; the refusal, when it comes, keeps the next ones
+    from waiting (it is no sign that Sentry is back)."""
+    import time
+
+    import sentry_sdk
+
+    monkeypatch.setenv("FLASK_DIAG_SENTRY_CONFIRM", "0.3")
+    app, _ = make_flask_app()
+    client = app.test_client()
+    sentry_endpoint.fail_status = 503
+    sentry_endpoint.delay = 0.8
+    sentry_init()
+    timings = []
+    for _ in range(3):
+        started = time.monotonic()
+        with capture_logs():
+            response = client.get("/crash")
+        timings.append(time.monotonic() - started)
+        assert "event_id" not in assert_envelope(response, 500, "internal_error")
+        sentry_sdk.flush(timeout=5)  # the 503 has come back
+    assert timings[0] >= 0.3, timings
+    assert max(timings[1:]) < 0.25, timings
+
+
 def test_sentry_plain_wsgi_and_stream_failures(
     sentry_endpoint: t.Any, sentry_init: t.Any, wrapped: t.Any
 ) -> None:

@@ -159,3 +159,70 @@ def test_outcomes_are_bounded() -> None:
     assert sentry_delivery.delivered(
         transport, f"{sentry_delivery._KEEP + 9:032x}", 0.1
     )
+
+
+def test_a_refusal_keeps_errors_from_waiting() -> None:
+    """Sentry answered an error status (the SDK returns normally after its
+    on_dropped_event): later errors must not wait until one is accepted."""
+    transport = Transport("refused")
+    sentry_delivery.watch(transport)
+    transport.capture_envelope(Envelope("h" * 32))
+    assert sentry_delivery.delivered(transport, "h" * 32, 1.0) is False
+    getattr(transport, sentry_delivery._ATTR).queued("i" * 32)  # not sent yet
+    started = time.monotonic()
+    assert sentry_delivery.delivered(transport, "i" * 32, 5.0) is False
+    assert time.monotonic() - started < 0.5
+
+
+def test_one_timeout_releases_every_waiter() -> None:
+    class Slow(Transport):
+        def capture_envelope(self, envelope: t.Any) -> None:
+            pass  # never answered
+
+    transport = Slow()
+    sentry_delivery.watch(transport)
+    results: dict[str, tuple[bool | None, float]] = {}
+    started = time.monotonic()
+
+    def wait(event_id: str, timeout: float) -> None:
+        transport.capture_envelope(Envelope(event_id))
+        answer = sentry_delivery.delivered(transport, event_id, timeout)
+        results[event_id] = (answer, time.monotonic() - started)
+
+    threads = [
+        threading.Thread(target=wait, args=("j" * 32, 0.3)),
+        threading.Thread(target=wait, args=("k" * 32, 5.0)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert results["j" * 32][0] is False
+    assert results["k" * 32][0] is False
+    assert results["k" * 32][1] < 2.0, results  # not its own 5 s
+
+
+def test_a_transport_behind_a_proxy_is_watched_inside() -> None:
+    """sentry-sdk's SENTRY_PRINT_ENVELOPES wrapper poses as the transport it
+    wraps; the sending (and so the outcome) happens in the inner one."""
+    inner = Transport("refused")
+
+    class Proxy:
+        def __init__(self, wrapped: Transport) -> None:
+            self._inner = wrapped
+
+        @property  # type: ignore[misc]
+        def __class__(self) -> type:
+            return self._inner.__class__
+
+        def __getattr__(self, name: str) -> t.Any:
+            return getattr(self._inner, name)
+
+        def capture_envelope(self, envelope: t.Any) -> None:
+            self._inner.capture_envelope(envelope)
+
+    proxy = Proxy(inner)
+    assert sentry_delivery.watch(proxy)
+    proxy.capture_envelope(Envelope("l" * 32))
+    assert sentry_delivery.delivered(proxy, "l" * 32, 1.0) is False
+    assert inner.dropped == ["status_503"]

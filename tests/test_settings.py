@@ -52,6 +52,12 @@ def test_bool_values(raw: str, expected: bool) -> None:
         pytest.param(
             "FLASK_DIAG_REQUEST_ID_HEADER", "X Request", "a header name", id="header"
         ),
+        pytest.param(
+            "FLASK_DIAG_SENTRY_CONFIRM", "60", "up to 30", id="confirm-too-long"
+        ),
+        pytest.param(
+            "FLASK_DIAG_SENTRY_CONFIRM", "soon", "on (2 seconds) or off", id="confirm"
+        ),
     ],
 )
 def test_invalid_environment_value_names_variable_value_and_accepted(
@@ -62,6 +68,16 @@ def test_invalid_environment_value_names_variable_value_and_accepted(
     message = str(info.value)
     assert message.startswith(f"{variable}={value!r} is not valid")
     assert accepted in message
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("on", 2.0), ("YES", 2.0), ("1", 1.0), ("0.5", 0.5), ("off", None), ("0", None)],
+)
+def test_sentry_confirm_values(raw: str, expected: float | None) -> None:
+    settings = Settings.load(environ={"FLASK_DIAG_SENTRY_CONFIRM": raw})
+    assert settings.sentry_confirm == expected
+    assert Settings.load(environ={}).sentry_confirm == 2.0
 
 
 def test_unknown_environment_variable_is_an_error_with_a_suggestion() -> None:
