@@ -433,7 +433,7 @@ class ErrorEnvelope:
                 return
             request_id = self._rendering.request_id(environ)
             flask_reported = environ.get(_FLASK_REPORTED) is exc
-            event_id = capture(exc, request_id, flask_reported=flask_reported)
+            event_id = capture(exc, request_id, flask_reported=flask_reported).event_id
             environ[_REPORTED] = (exc, event_id)
             logger.error(
                 "response failed after it started",
@@ -817,9 +817,10 @@ def finish(
         else:
             # Sentry first: its logging integration then drops our log
             # line's copy of the same exception as a duplicate.
+            unconfirmed = None
             if exc is not None:
                 flask_reported = environ.get(_FLASK_REPORTED) is exc
-                event_id = capture(
+                event_id, unconfirmed = capture(
                     exc, request_id, flask_reported=flask_reported, confirm=confirm
                 )
                 environ[_REPORTED] = (exc, event_id)
@@ -829,6 +830,10 @@ def finish(
                 "request_id": request_id,
                 "event_id": event_id,
             }
+            if unconfirmed is not None:
+                # Sent, not (yet) accepted: not in the body, but in the log
+                # to find it in Sentry should it arrive after all.
+                fields["unconfirmed_event_id"] = unconfirmed
             if exc is not None:
                 fields["exc_info"] = (type(exc), exc, exc.__traceback__)
             logger.error("request failed", **fields)
@@ -889,21 +894,22 @@ def capture(
     *,
     flask_reported: bool = False,
     confirm: float | None = None,
-) -> str | None:
-    """Send ``exc`` to Sentry once; return its event id if Sentry has it.
+) -> Captured:
+    """Send ``exc`` to Sentry once; its event id if Sentry has it.
 
-    ``None`` when Sentry is not initialised or the event was dropped
+    The id is ``None`` when Sentry is not initialised or the event was dropped
     (``before_send``, sampling), and when the transport is going to drop it:
     its queue is full, or the Sentry server told it to back off (HTTP 429,
     ``X-Sentry-Rate-Limits``). With ``confirm`` (seconds), also when Sentry
     did not answer 2xx for the event within that time, or failed recently
     (see :mod:`flask_diag.sentry_delivery`); without it an id means the SDK
-    queued the event. When Flask already sent ``got_request_exception`` for
+    queued the event (an id sent but not confirmed is :attr:`Captured.unconfirmed`,
+    for the log). When Flask already sent ``got_request_exception`` for
     ``exc`` and sentry-sdk's Flask integration is on, the integration has
     captured it: not sent twice, and the id is the one it reported.
     """
     if not sentry.is_active():
-        return None
+        return Captured(None)
     try:
         client = sentry_sdk.get_client()
         transport = getattr(client, "transport", None)
@@ -926,15 +932,25 @@ def capture(
             healthy = _transport_healthy(client)
             event_id = sentry_sdk.capture_event(event, hint=hint)
         if event_id is None or not healthy:
-            return None
+            return Captured(None)
         if confirm is not None:
             accepted = sentry_delivery.delivered(transport, event_id, confirm)
             if accepted is False:
-                return None
-        return event_id
+                # Maybe still on its way: for the log line only.
+                return Captured(None, unconfirmed=event_id)
+        return Captured(event_id)
     except Exception as internal:
         report_internal_error("sending an error to Sentry", internal)
-        return None
+        return Captured(None)
+
+
+class Captured(t.NamedTuple):
+    """What :func:`capture` did with an exception."""
+
+    #: The id to quote: an event Sentry has (or the SDK queued, unconfirmed).
+    event_id: str | None
+    #: An event sent whose acceptance was not confirmed in time.
+    unconfirmed: str | None = None
 
 
 def _transport_healthy(client: t.Any) -> bool:

@@ -1599,9 +1599,11 @@ def test_sentry_refusing_the_event_gives_no_event_id(
     assert "event_id" not in problem, problem
     (line,) = logged(logs, "request failed")
     assert line["event_id"] is None
-    # The event did reach the endpoint: it was refused, not lost on the way.
+    # The event did reach the endpoint: it was refused, not lost on the way;
+    # the log line names it, apart, to find it should it be kept after all.
     (event,) = sentry_endpoint.wait_for_events(1)
     assert event.tags["request_id"] == response.headers["X-Request-ID"]
+    assert line["unconfirmed_event_id"] == event.event_id
 
 
 def _closed_port() -> int:
