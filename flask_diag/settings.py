@@ -75,37 +75,29 @@ def _choice(*choices: str) -> t.Callable[[object], str]:
     return parse
 
 
-def _parse_seconds_or_off(value: object) -> float | None:
-    if isinstance(value, bool):
-        return 30.0 if value else None
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in _FALSE:
-            return None
-        value = float(text)  # ValueError for anything else
-    if isinstance(value, (int, float)) and 0 < value < float("inf"):
-        return float(value)
-    raise ValueError
+def _seconds_or_off(on: float, maximum: float) -> t.Callable[[object], float | None]:
+    """A duration: seconds up to ``maximum``; ``off`` (or 0) for none; ``on``
+    (or ``True``) for ``on`` seconds."""
 
+    def parse(value: object) -> float | None:
+        if isinstance(value, bool):
+            return on if value else None
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text in _FALSE:
+                return None
+            try:
+                value = float(text)
+            except ValueError:
+                if text in _TRUE:
+                    return on
+                raise
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if 0 < value <= maximum and value != float("inf"):
+                return float(value)
+        raise ValueError
 
-def _parse_confirm(value: object) -> float | None:
-    # Seconds; ``on`` for the default, ``off`` (or 0) for no confirmation.
-    if isinstance(value, bool):
-        return 2.0 if value else None
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in _FALSE:
-            return None
-        try:
-            value = float(text)
-        except ValueError:
-            if text in _TRUE:
-                return 2.0
-            raise
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if 0 < value <= 30:
-            return float(value)
-    raise ValueError
+    return parse
 
 
 def _parse_port(value: object) -> int:
@@ -300,7 +292,7 @@ class Settings:
     )
     sentry_confirm: float | None = _setting(
         2.0,
-        _parse_confirm,
+        _seconds_or_off(2.0, 30.0),
         "a number of seconds up to 30 (e.g. 2, 0.5), on (2 seconds) or off",
         "Put a 5xx's Sentry ``event_id`` into the error body only once Sentry "
         "accepted the event: wait at most this long for its answer (an error "
@@ -321,8 +313,8 @@ class Settings:
     )
     watchdog: float | None = _setting(
         30.0,
-        _parse_seconds_or_off,
-        "a number of seconds (e.g. 30, 2.5), or off (or 0)",
+        _seconds_or_off(30.0, float("inf")),
+        "a number of seconds (e.g. 30, 2.5), on (30 seconds) or off (or 0)",
         "Log the stack of a request still running after this many seconds, "
         "once, with a ``request_stuck`` signal and a Sentry message. ``off`` "
         "removes the watchdog.",
