@@ -31,8 +31,9 @@ tags.
 One monitor thread per process does the work, started by the first request
 of the process (so in each gunicorn or uWSGI worker, after the fork, never
 in the master) and restarted in a forked child. It wakes at most every
-second (a quarter of the limit when that is shorter); a request costs the
-watchdog one small object in a per-thread slot, and no thread of its own. The
+second (a quarter of the limit when that is shorter) and finds the watched
+requests on the threads' stacks: a request costs the watchdog one clock
+reading, nothing to undo, and no thread of its own. The
 loopback guard's callback detector runs in the same thread.
 
 What is watched is the app's call, where a view does its work. The body is
@@ -58,7 +59,6 @@ import threading
 import time
 import traceback
 import typing as t
-from threading import get_ident
 
 from . import context as _context
 from . import sentry
@@ -83,7 +83,7 @@ if t.TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
     from _typeshed.wsgi import WSGIEnvironment
 
-__all__ = ["Monitor", "Watchdog", "monitor", "request_info_of"]
+__all__ = ["Monitor", "Watchdog", "monitor", "request_info_of", "under_watch"]
 
 # The longest the monitor sleeps when nothing asks for sooner.
 _IDLE = 1.0
@@ -161,36 +161,73 @@ os.register_at_fork(after_in_child=monitor._reset)
 
 
 # A request under watch: ``(environ, time.monotonic() at its start, limit)``.
-# A tuple, not an object: it is made on every request.
 _Watched: t.TypeAlias = "tuple[WSGIEnvironment, float, float]"
 
-#: The request each thread of this process is running the app for, if any.
-_watched: dict[int, _Watched | None] = {}
 #: The request last reported, per thread: each is reported once.
-_reported: dict[int, _Watched] = {}
+_reported: dict[int, float] = {}
 _shortest_limit = _IDLE * 4
+# How far up a thread's stack the monitor looks for a watched request.
+_MAX_DEPTH = 2000
 
 
 def _after_fork() -> None:
-    _watched.clear()
     _reported.clear()
 
 
 os.register_at_fork(after_in_child=_after_fork)
 
 
+def under_watch(
+    frames: t.Mapping[int, FrameType] | None = None,
+) -> dict[int, _Watched]:
+    """The requests running under a :class:`Watchdog`, by thread ident.
+
+    Read from the threads' stacks (``sys._current_frames()``): a request is
+    watched while the frame of :meth:`Watchdog.__call__` is on its thread's
+    stack, and that frame's locals say when it started. So a request costs
+    the watchdog one clock reading and nothing to undo; the monitor thread
+    does the looking, once a tick.
+    """
+    found: dict[int, _Watched] = {}
+    if frames is None:
+        frames = sys._current_frames()
+    for ident, frame in frames.items():
+        outermost = None
+        depth = 0
+        current: FrameType | None = frame
+        while current is not None and depth < _MAX_DEPTH:
+            if current.f_code is _CALL_CODE:
+                outermost = current  # wrapped twice: the outer one counts
+            current = current.f_back
+            depth += 1
+        if outermost is None:
+            continue
+        local = outermost.f_locals
+        environ, started, limit = (
+            local.get("environ"),
+            local.get("started"),
+            local.get("limit"),
+        )
+        if isinstance(environ, dict) and isinstance(started, float) and limit:
+            found[ident] = (environ, started, float(limit))
+    return found
+
+
 def _check_stuck(now: float) -> float | None:
     """One monitor tick: report each request past its limit, once."""
     tick = min(_IDLE, _shortest_limit / 4)
     next_due: float | None = None
-    for ident, watched in list(_watched.items()):
-        if watched is None or _reported.get(ident) is watched:
+    watched = under_watch()
+    for ident in [i for i in _reported if i not in watched]:
+        del _reported[ident]
+    for ident, request in watched.items():
+        if _reported.get(ident) == request[1]:
             continue
-        due = watched[1] + watched[2]
+        due = request[1] + request[2]
         if now >= due:
-            _reported[ident] = watched
+            _reported[ident] = request[1]
             try:
-                _report(ident, watched, now)
+                _report(ident, request, now)
             except Exception as exc:
                 report_internal_error("reporting a stuck request", exc)
         elif next_due is None or due < next_due:
@@ -263,7 +300,7 @@ def _report(ident: int, watched: _Watched, now: float) -> None:
     environ, started, limit = watched
     frame = sys._current_frames().get(ident)
     stack = "".join(traceback.format_stack(frame)) if frame is not None else ""
-    if _watched.get(ident) is not watched:
+    if frame is None or under_watch({ident: frame}).get(ident) != watched:
         return  # it finished while the stack was read: not stuck after all
     info = request_info_of(environ, ident)
     duration = now - started
@@ -356,15 +393,12 @@ class Watchdog:
             return self.app(environ, start_response)
         if monitor._pid != _context._pid:
             monitor.ensure_started()
-        ident = get_ident()
-        if _watched.get(ident) is not None:
-            # Already watched: wrapped twice, or an app that calls an app
-            # in the same thread. The outer request covers this one.
-            return self.app(environ, start_response)
-        # One slot per thread, emptied when the app returns: nothing to do
-        # at close, so the body goes to the server untouched.
-        _watched[ident] = (environ, time.monotonic(), limit)
-        try:
-            return self.app(environ, start_response)
-        finally:
-            _watched[ident] = None
+        # Read by the monitor from this frame (see under_watch): while the
+        # app's call lasts, this request is watched. Nothing to undo after
+        # it, and the body goes to the server untouched.
+        started = _monotonic()  # noqa: F841 - read from this frame
+        return self.app(environ, start_response)
+
+
+_CALL_CODE = Watchdog.__call__.__code__
+_monotonic = time.monotonic

@@ -745,6 +745,18 @@ def test_watchdog_logs_a_stuck_request_once() -> None:
     assert "take_a_nap" in signal.kwargs["stack"]
 
 
+def test_watchdog_reports_each_stuck_request_of_a_thread_once() -> None:
+    """Two slow requests in a row on one thread, the watchdog wrapped twice:
+    one line for each request."""
+    app = watchdog_app(0.2)
+    app.wsgi_app = Watchdog(app.wsgi_app, watchdog=0.2)  # type: ignore[method-assign]
+    client = app.test_client()
+    with capture_logs() as logs:
+        for request_id in ("slow-1", "slow-2"):
+            client.get("/nap?seconds=0.7", headers={"X-Request-ID": request_id})
+    assert [line["request_id"] for line in stuck_lines(logs)] == ["slow-1", "slow-2"]
+
+
 def test_watchdog_is_quiet_for_quick_requests() -> None:
     app = watchdog_app(0.5)
     with capture_logs() as logs:
@@ -787,12 +799,15 @@ def test_watchdog_off_is_a_pass_through() -> None:
 
     @app.get("/")
     def view() -> str:
-        # Nothing watches this thread's request while it runs.
-        return repr(watchdog._watched.get(threading.get_ident()))
+        # Whether anything watches this thread's request while it runs.
+        return repr(watchdog.under_watch().get(threading.get_ident()))
 
     app.wsgi_app = Watchdog(app.wsgi_app, watchdog="off")  # type: ignore[method-assign]
     assert app.wsgi_app.limit is None
     assert app.test_client().get("/").get_data(as_text=True) == "None"
+    # The control: with a limit, the same view sees its request watched.
+    app.wsgi_app = Watchdog(app.wsgi_app.app, watchdog=5)  # type: ignore[method-assign]
+    assert app.test_client().get("/").get_data(as_text=True).endswith(", 5.0)")
     assert Settings.load(environ={"FLASK_DIAG_WATCHDOG": "2.5"}).watchdog == 2.5
     assert Settings.load(environ={"FLASK_DIAG_WATCHDOG": "off"}).watchdog is None
     with pytest.raises(flask_diag.DiagConfigError, match="number of seconds"):
