@@ -3,8 +3,8 @@
 The gate is meant for one staging deployment, but while it is on every
 request goes through it. Ordinary requests (no error, no debugger route) are
 measured with ``bench_stack.py``'s method (the hello-world Flask app and the
-``direct`` harness of ``_harness.py``; variants interleaved round by round,
-best round kept):
+``direct`` harness of ``_harness.py``; variants interleaved batch by batch,
+best batch kept):
 
 - ``bare``: the Flask app alone;
 - ``stack``: the default flask_diag stack, debugger off;

@@ -2,8 +2,8 @@
 
 The same hello-world Flask app and the same two harnesses as
 ``bench_stack.py``: a direct WSGI call with a prepared environ, body consumed
-and response closed, and werkzeug's test client; variants interleaved round
-by round, each keeping its best round, all in one run.
+and response closed, and werkzeug's test client; variants interleaved batch
+by batch, each keeping its best batch, all in one run.
 
 Variants:
 

@@ -4,8 +4,8 @@ Three measurements, all in one process:
 
 - **Flask**: the same method as ``bench_stack.py`` (the hello-world Flask app
   and the ``direct`` harness of ``_harness.py``: a WSGI call with a prepared
-  environ, the body consumed and closed; variants interleaved round by round,
-  best round kept).
+  environ, the body consumed and closed; variants interleaved batch by batch,
+  best batch kept).
   The target (at most 2 % on a hello-world request that makes no outbound
   call) refers to these ratios. Differences of a few tenths of a microsecond
   are at the edge of what this harness resolves on a busy machine.

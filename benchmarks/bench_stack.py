@@ -17,7 +17,7 @@ Two references are measured alongside for calibration:
 - ``sentry-sdk Flask``: sentry-sdk's Flask integration, initialised with a
   transport that drops events (no network), without and with tracing.
 
-Variants are interleaved round by round and each keeps its best round, which
+Variants are interleaved batch by batch and each keeps its best batch, which
 cancels most of the machine's noise.
 
     python benchmarks/bench_stack.py            # full run, prints a table

@@ -3,8 +3,8 @@
 A Flask app whose request runs one query (``SELECT 1`` on a pooled
 connection: ``with engine.connect()``, or through a ``scoped_session``
 removed at teardown) on a SQLite file database, or on PostgreSQL with
-``--url postgresql+psycopg://...``. Variants, interleaved round by round,
-best round kept (the ``direct`` harness of ``bench_stack.py``, in
+``--url postgresql+psycopg://...``. Variants, interleaved batch by batch,
+best batch kept (the ``direct`` harness of ``bench_stack.py``, in
 ``_harness.py``: a WSGI call with a prepared environ, the body consumed and
 closed):
 
