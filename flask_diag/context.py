@@ -206,9 +206,10 @@ def request_info(
     A new one reuses a safe incoming request id, otherwise generates one, and
     writes the id back into ``environ[header_key]`` so the app reads the same
     value as the logs, never the raw one a client sent. ``factory`` (a
-    subclass of :class:`RequestInfo` with the same constructor) is what a new
-    one is made of: the tagging middleware's response object is the request's
-    info too, one object instead of two on every request.
+    subclass of :class:`RequestInfo`, made without calling a constructor: the
+    fields are set one by one) is what a new one is made of: the tagging
+    middleware's response object is the request's info too, one object
+    instead of two on every request.
     """
     info: RequestInfo | None = environ.get(ENVIRON_KEY)
     if info is not None:
@@ -223,14 +224,23 @@ def request_info(
     else:
         request_id = environ[header_key] = f"{_id_prefix}{next(_id_counter):016x}"
     traceparent = environ.get("HTTP_TRACEPARENT")
-    info = factory(
-        request_id,
-        parse_traceparent(traceparent) if traceparent else None,
-        _pid,
-        thread_name(),
-        environ.get("REQUEST_METHOD", "GET"),
-        environ.get("PATH_INFO", ""),
-        time.perf_counter(),
-    )
+    # The fields set here rather than by ``__init__``, and the thread's name
+    # from the cache when it is there: two Python calls fewer per request.
+    info = _new_info(factory)
+    info.request_id = request_id
+    info.trace_id = parse_traceparent(traceparent) if traceparent else None
+    info.pid = _pid
+    try:
+        name = _safe_names.get(_active_threads[_get_ident()]._name)  # type: ignore[attr-defined]
+    except (KeyError, AttributeError):  # a foreign thread, or a new Python
+        name = None
+    info.thread = name if name is not None else thread_name()
+    info.method = environ.get("REQUEST_METHOD", "GET")
+    info.path = environ.get("PATH_INFO", "")
+    info.started = _perf_counter()
     environ[ENVIRON_KEY] = info
     return info
+
+
+_new_info = object.__new__
+_perf_counter = time.perf_counter

@@ -367,3 +367,26 @@ def test_wrapping_twice_tags_once(app: Flask) -> None:
     assert len(response.headers.getlist("X-Request-ID")) == 1
     assert len(response.headers.getlist("X-Diag-PID")) == 1
     assert [s.name for s in sent] == ["request-tagged", "request-finished"]
+
+
+def test_request_info_in_threads_threading_does_not_know() -> None:
+    """A thread started with ``_thread`` (as some servers do) is not in
+    threading's registry until asked: the info still names it, safely."""
+    import _thread
+
+    from flask_diag.context import request_info
+
+    names: list[str] = []
+    done = threading.Event()
+
+    def serve() -> None:
+        try:
+            names.append(request_info({"PATH_INFO": "/"}).thread)
+            names.append(request_info({"PATH_INFO": "/"}).thread)  # cached now
+        finally:
+            done.set()
+
+    _thread.start_new_thread(serve, ())
+    assert done.wait(5)
+    assert len(names) == 2 and names[0] == names[1], names
+    assert names[0].startswith("Dummy-"), names
