@@ -33,7 +33,9 @@ of the process (so in each gunicorn or uWSGI worker, after the fork, never
 in the master) and restarted in a forked child. It wakes at most every
 second (a quarter of the limit when that is shorter) and finds the watched
 requests on the threads' stacks: a request costs the watchdog one clock
-reading, nothing to undo, and no thread of its own. The
+reading, nothing to undo, and no thread of its own. (Greenlets of gevent or
+eventlet are on no thread's stack while they wait: there each request is
+listed by id, and reported without its stack.) The
 loopback guard's callback detector runs in the same thread.
 
 What is watched is the app's call, where a view does its work. The body is
@@ -59,6 +61,7 @@ import threading
 import time
 import traceback
 import typing as t
+from threading import get_ident
 
 from . import context as _context
 from . import sentry
@@ -172,6 +175,7 @@ _MAX_DEPTH = 2000
 
 def _after_fork() -> None:
     _reported.clear()
+    _registered.clear()
 
 
 os.register_at_fork(after_in_child=_after_fork)
@@ -188,7 +192,7 @@ def under_watch(
     the watchdog one clock reading and nothing to undo; the monitor thread
     does the looking, once a tick.
     """
-    found: dict[int, _Watched] = {}
+    found: dict[int, _Watched] = dict(_registered)
     if frames is None:
         frames = sys._current_frames()
     for ident, frame in frames.items():
@@ -300,7 +304,7 @@ def _report(ident: int, watched: _Watched, now: float) -> None:
     environ, started, limit = watched
     frame = sys._current_frames().get(ident)
     stack = "".join(traceback.format_stack(frame)) if frame is not None else ""
-    if frame is None or under_watch({ident: frame}).get(ident) != watched:
+    if under_watch({ident: frame} if frame is not None else {}).get(ident) != watched:
         return  # it finished while the stack was read: not stuck after all
     info = request_info_of(environ, ident)
     duration = now - started
@@ -392,13 +396,62 @@ class Watchdog:
         if limit is None:
             return self.app(environ, start_response)
         if monitor._pid != _context._pid:
-            monitor.ensure_started()
+            _start_watching()
         # Read by the monitor from this frame (see under_watch): while the
         # app's call lasts, this request is watched. Nothing to undo after
         # it, and the body goes to the server untouched.
-        started = _monotonic()  # noqa: F841 - read from this frame
+        started = _monotonic()
+        if _greenlets:
+            return self._registered_call(environ, start_response, started, limit)
         return self.app(environ, start_response)
+
+    def _registered_call(
+        self,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        started: float,
+        limit: float,
+    ) -> t.Iterable[bytes]:
+        # Greenlets (gevent, eventlet) are not on any thread's stack while
+        # they wait: such a request is listed by id instead, and reported
+        # without its stack.
+        ident = get_ident()
+        if ident in _registered:
+            return self.app(environ, start_response)  # the outer one counts
+        _registered[ident] = (environ, started, limit)
+        try:
+            return self.app(environ, start_response)
+        finally:
+            _registered.pop(ident, None)
 
 
 _CALL_CODE = Watchdog.__call__.__code__
 _monotonic = time.monotonic
+#: Whether requests run in greenlets in this process (found at its first
+#: request, after a server's monkey-patching) and so are listed by id.
+_greenlets = False
+_registered: dict[int, _Watched] = {}
+
+
+def _start_watching() -> None:
+    """At the first request of a process: the monitor, and how to watch."""
+    global _greenlets
+    _greenlets = _greenlet_threads()
+    monitor.ensure_started()
+
+
+def _greenlet_threads() -> bool:
+    """Whether gevent or eventlet turned this process's threads into
+    greenlets."""
+    for module, check, name in (
+        ("gevent.monkey", "is_module_patched", "threading"),
+        ("eventlet.patcher", "is_monkey_patched", "thread"),
+    ):
+        patcher = sys.modules.get(module)
+        if patcher is not None:
+            try:
+                if getattr(patcher, check)(name):
+                    return True
+            except Exception:  # an API we do not know: assume threads
+                pass
+    return False

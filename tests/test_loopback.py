@@ -757,6 +757,36 @@ def test_watchdog_reports_each_stuck_request_of_a_thread_once() -> None:
     assert [line["request_id"] for line in stuck_lines(logs)] == ["slow-1", "slow-2"]
 
 
+def test_watchdog_lists_greenlet_requests_by_id(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under gevent or eventlet a waiting request is on no thread's stack:
+    it is listed by id and reported, without its stack."""
+    monkeypatch.setattr(watchdog, "_start_watching", watchdog.monitor.ensure_started)
+    monkeypatch.setattr(watchdog, "_greenlets", True)
+    monkeypatch.setattr(watchdog.sys, "_current_frames", dict)  # nothing to see
+    app = watchdog_app(0.2)
+    with capture_logs() as logs:
+        app.test_client().get("/nap?seconds=0.7", headers={"X-Request-ID": "gr-1"})
+    (line,) = stuck_lines(logs)
+    assert line["request_id"] == "gr-1"
+    assert line["stack"] == "(the thread's stack is not available)"
+    assert watchdog._registered == {}
+
+
+def test_greenlet_threads_are_recognised(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    assert watchdog._greenlet_threads() is False  # this process: OS threads
+    fake = types.SimpleNamespace(is_module_patched=lambda name: name == "threading")
+    monkeypatch.setitem(sys.modules, "gevent.monkey", fake)
+    assert watchdog._greenlet_threads() is True
+    broken = types.SimpleNamespace()  # an API we do not know
+    monkeypatch.setitem(sys.modules, "gevent.monkey", broken)
+    assert watchdog._greenlet_threads() is False
+
+
 def test_watchdog_is_quiet_for_quick_requests() -> None:
     app = watchdog_app(0.5)
     with capture_logs() as logs:
