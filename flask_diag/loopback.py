@@ -363,7 +363,7 @@ class _Guarded:
                 # our error, or the wait was broken and the client reported
                 # a dropped connection. Answer what really happened.
                 raise error.copy()
-        assert self.server_start_response is not None  # made by _guard
+        assert self.server_start_response is not None  # set by LoopbackGuard.__call__
         return self.server_start_response(status, headers, exc_info)
 
     # -- what the hook calls ---------------------------------------------------

@@ -43,8 +43,11 @@ def is_active() -> bool:
         client = scope.client
         if type(client) is NonRecordingClient:
             return False
-        return bool(client.is_active())
-    return Scope.get_global_scope().client.is_active()
+    else:
+        client = Scope.get_global_scope().client
+    # ``sentry_sdk.init()`` without a DSN makes a client that is "active"
+    # but sends nothing: no transport.
+    return bool(client.is_active()) and getattr(client, "transport", None) is not None
 
 
 # sentry-sdk 2.x keeps the global scope in a module variable (private; if it

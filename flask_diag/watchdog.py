@@ -34,8 +34,8 @@ in the master) and restarted in a forked child. It wakes at most every
 second (a quarter of the limit when that is shorter) and finds the watched
 requests on the threads' stacks: a request costs the watchdog one clock
 reading, nothing to undo, and no thread of its own. (Greenlets of gevent or
-eventlet are on no thread's stack while they wait: there each request is
-listed by id, and reported without its stack.) The
+eventlet are on no thread's stack while they wait: where requests run in
+greenlets, each is listed by its greenlet, whose stack is reported.) The
 loopback guard's callback detector runs in the same thread.
 
 What is watched is the app's call, where a view does its work. The body is
@@ -61,7 +61,6 @@ import threading
 import time
 import traceback
 import typing as t
-from threading import get_ident
 
 from . import context as _context
 from . import sentry
@@ -169,8 +168,9 @@ _Watched: t.TypeAlias = "tuple[WSGIEnvironment, float, float]"
 #: The request last reported, per thread: each is reported once.
 _reported: dict[int, float] = {}
 _shortest_limit = _IDLE * 4
-# How far up a thread's stack the monitor looks for a watched request.
-_MAX_DEPTH = 2000
+# How far up a thread's stack the monitor looks for a watched request: the
+# watchdog's frame is near the bottom, so past any recursion limit in use.
+_MAX_DEPTH = 1_000_000
 
 
 def _after_fork() -> None:
@@ -190,31 +190,42 @@ def under_watch(
     watched while the frame of :meth:`Watchdog.__call__` is on its thread's
     stack, and that frame's locals say when it started. So a request costs
     the watchdog one clock reading and nothing to undo; the monitor thread
-    does the looking, once a tick.
+    does the looking, once a tick. Where requests run in greenlets, they are
+    listed instead, by greenlet id.
     """
-    found: dict[int, _Watched] = dict(_registered)
+    if _getcurrent is not None:
+        # Requests run in greenlets here: all of them are listed.
+        return {key: entry[:3] for key, entry in list(_registered.items())}
+    found: dict[int, _Watched] = {}
     if frames is None:
         frames = sys._current_frames()
     for ident, frame in frames.items():
-        outermost = None
+        watched = None
         depth = 0
         current: FrameType | None = frame
         while current is not None and depth < _MAX_DEPTH:
             if current.f_code is _CALL_CODE:
-                outermost = current  # wrapped twice: the outer one counts
+                # Wrapped twice: the outermost watchdog that is on counts
+                # (one that is off returns before setting ``started``).
+                watched = _watched_by(current) or watched
             current = current.f_back
             depth += 1
-        if outermost is None:
-            continue
-        local = outermost.f_locals
-        environ, started, limit = (
-            local.get("environ"),
-            local.get("started"),
-            local.get("limit"),
-        )
-        if isinstance(environ, dict) and isinstance(started, float) and limit:
-            found[ident] = (environ, started, float(limit))
+        if watched is not None:
+            found[ident] = watched
     return found
+
+
+def _watched_by(frame: FrameType) -> _Watched | None:
+    """The request a frame of ``Watchdog.__call__`` watches, if it does."""
+    local = frame.f_locals
+    environ, started, limit = (
+        local.get("environ"),
+        local.get("started"),
+        local.get("limit"),
+    )
+    if isinstance(environ, dict) and isinstance(started, float) and limit:
+        return environ, started, float(limit)
+    return None
 
 
 def _check_stuck(now: float) -> float | None:
@@ -300,11 +311,22 @@ def _blocked_socket(
     return True, None, False
 
 
+def _frame_of(ident: int) -> FrameType | None:
+    """The current frame of a thread, or of a listed greenlet (waiting)."""
+    entry = _registered.get(ident)
+    if entry is not None:
+        frame = getattr(entry[3], "gr_frame", None)
+        return frame if frame is not None else sys._current_frames().get(ident)
+    return sys._current_frames().get(ident)
+
+
 def _report(ident: int, watched: _Watched, now: float) -> None:
     environ, started, limit = watched
-    frame = sys._current_frames().get(ident)
+    frame = _frame_of(ident)
     stack = "".join(traceback.format_stack(frame)) if frame is not None else ""
-    if under_watch({ident: frame} if frame is not None else {}).get(ident) != watched:
+    now_running = _frame_of(ident)
+    running = {ident: now_running} if now_running is not None else {}
+    if under_watch(running).get(ident) != watched:
         return  # it finished while the stack was read: not stuck after all
     info = request_info_of(environ, ident)
     duration = now - started
@@ -395,63 +417,65 @@ class Watchdog:
         limit = self.limit
         if limit is None:
             return self.app(environ, start_response)
-        if monitor._pid != _context._pid:
+        if _watch_pid != _context._pid:
             _start_watching()
         # Read by the monitor from this frame (see under_watch): while the
         # app's call lasts, this request is watched. Nothing to undo after
         # it, and the body goes to the server untouched.
         started = _monotonic()
-        if _greenlets:
-            return self._registered_call(environ, start_response, started, limit)
+        if _getcurrent is not None:
+            return self._listed_call(environ, start_response, started, limit)
         return self.app(environ, start_response)
 
-    def _registered_call(
+    def _listed_call(
         self,
         environ: WSGIEnvironment,
         start_response: StartResponse,
         started: float,
         limit: float,
     ) -> t.Iterable[bytes]:
-        # Greenlets (gevent, eventlet) are not on any thread's stack while
-        # they wait: such a request is listed by id instead, and reported
-        # without its stack.
-        ident = get_ident()
-        if ident in _registered:
+        # Requests served in greenlets (gevent, eventlet, patched or not)
+        # are on no thread's stack while they wait: listed by greenlet.
+        assert _getcurrent is not None
+        greenlet = _getcurrent()
+        key = id(greenlet)
+        if key in _registered:
             return self.app(environ, start_response)  # the outer one counts
-        _registered[ident] = (environ, started, limit)
+        _registered[key] = (environ, started, limit, greenlet)
         try:
             return self.app(environ, start_response)
         finally:
-            _registered.pop(ident, None)
+            _registered.pop(key, None)
 
 
 _CALL_CODE = Watchdog.__call__.__code__
 _monotonic = time.monotonic
-#: Whether requests run in greenlets in this process (found at its first
-#: request, after a server's monkey-patching) and so are listed by id.
-_greenlets = False
-_registered: dict[int, _Watched] = {}
+#: The process whose first watched request chose how to watch (below).
+_watch_pid = -1
+#: ``greenlet.getcurrent`` when this process serves requests in greenlets
+#: (found at its first request): they are then listed, by greenlet.
+_getcurrent: t.Callable[[], t.Any] | None = None
+_registered: dict[int, tuple[WSGIEnvironment, float, float, t.Any]] = {}
 
 
 def _start_watching() -> None:
     """At the first request of a process: the monitor, and how to watch."""
-    global _greenlets
-    _greenlets = _greenlet_threads()
+    global _getcurrent, _watch_pid
+    _getcurrent = _greenlet_getcurrent()
+    _watch_pid = _context._pid
     monitor.ensure_started()
 
 
-def _greenlet_threads() -> bool:
-    """Whether gevent or eventlet turned this process's threads into
-    greenlets."""
-    for module, check, name in (
-        ("gevent.monkey", "is_module_patched", "threading"),
-        ("eventlet.patcher", "is_monkey_patched", "thread"),
-    ):
-        patcher = sys.modules.get(module)
-        if patcher is not None:
-            try:
-                if getattr(patcher, check)(name):
-                    return True
-            except Exception:  # an API we do not know: assume threads
-                pass
-    return False
+def _greenlet_getcurrent() -> t.Callable[[], t.Any] | None:
+    """``greenlet.getcurrent`` if this request runs in a greenlet other than
+    its thread's main one (a gevent or eventlet server), else ``None``."""
+    module = sys.modules.get("greenlet")
+    getcurrent = getattr(module, "getcurrent", None)
+    if getcurrent is None:
+        return None
+    try:
+        if getcurrent().parent is not None:
+            return t.cast("t.Callable[[], t.Any]", getcurrent)
+    except Exception:  # an API we do not know: threads, then
+        pass
+    return None

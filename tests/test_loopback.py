@@ -17,6 +17,7 @@ import json
 import pickle
 import select
 import socket
+import sys
 import threading
 import time
 import typing as t
@@ -757,34 +758,89 @@ def test_watchdog_reports_each_stuck_request_of_a_thread_once() -> None:
     assert [line["request_id"] for line in stuck_lines(logs)] == ["slow-1", "slow-2"]
 
 
-def test_watchdog_lists_greenlet_requests_by_id(
+class FakeGreenlet:
+    """What the watchdog reads of a greenlet: its parent and, while it
+    waits, its frame (here the frame of the thread running the test)."""
+
+    def __init__(self, ident: int) -> None:
+        self.parent = object()
+        self.ident = ident
+
+    @property
+    def gr_frame(self) -> t.Any:
+        return sys._current_frames().get(self.ident)
+
+
+def test_watchdog_lists_requests_served_in_greenlets(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Under gevent or eventlet a waiting request is on no thread's stack:
-    it is listed by id and reported, without its stack."""
-    monkeypatch.setattr(watchdog, "_start_watching", watchdog.monitor.ensure_started)
-    monkeypatch.setattr(watchdog, "_greenlets", True)
-    monkeypatch.setattr(watchdog.sys, "_current_frames", dict)  # nothing to see
+    """Under gevent or eventlet (patched or not) a waiting request is on no
+    thread's stack: it is listed by greenlet, and its stack is the one of the
+    greenlet."""
+    import types
+
+    greenlet = FakeGreenlet(threading.get_ident())
+    module = types.SimpleNamespace(getcurrent=lambda: greenlet)
+    monkeypatch.setitem(sys.modules, "greenlet", module)
+    monkeypatch.setattr(watchdog, "_watch_pid", -1)  # choose again
+    monkeypatch.setattr(watchdog, "_getcurrent", None)
     app = watchdog_app(0.2)
     with capture_logs() as logs:
         app.test_client().get("/nap?seconds=0.7", headers={"X-Request-ID": "gr-1"})
+    assert watchdog._getcurrent is not None
     (line,) = stuck_lines(logs)
     assert line["request_id"] == "gr-1"
-    assert line["stack"] == "(the thread's stack is not available)"
+    assert "in take_a_nap" in line["stack"]
     assert watchdog._registered == {}
 
 
-def test_greenlet_threads_are_recognised(monkeypatch: pytest.MonkeyPatch) -> None:
-    import sys
+def test_greenlet_servers_are_recognised(monkeypatch: pytest.MonkeyPatch) -> None:
     import types
 
-    assert watchdog._greenlet_threads() is False  # this process: OS threads
-    fake = types.SimpleNamespace(is_module_patched=lambda name: name == "threading")
-    monkeypatch.setitem(sys.modules, "gevent.monkey", fake)
-    assert watchdog._greenlet_threads() is True
-    broken = types.SimpleNamespace()  # an API we do not know
-    monkeypatch.setitem(sys.modules, "gevent.monkey", broken)
-    assert watchdog._greenlet_threads() is False
+    assert watchdog._greenlet_getcurrent() is None  # this process: threads
+    main = types.SimpleNamespace(parent=None)
+    monkeypatch.setitem(
+        sys.modules, "greenlet", types.SimpleNamespace(getcurrent=lambda: main)
+    )
+    assert watchdog._greenlet_getcurrent() is None  # a thread's main greenlet
+    spawned = types.SimpleNamespace(parent=main)
+    getcurrent = lambda: spawned  # noqa: E731
+    monkeypatch.setitem(
+        sys.modules, "greenlet", types.SimpleNamespace(getcurrent=getcurrent)
+    )
+    assert watchdog._greenlet_getcurrent() is getcurrent
+    monkeypatch.setitem(sys.modules, "greenlet", types.SimpleNamespace())
+    assert watchdog._greenlet_getcurrent() is None  # an API we do not know
+
+
+def test_watchdog_off_outside_does_not_hide_one_that_is_on() -> None:
+    app = watchdog_app(0.2)
+    app.wsgi_app = Watchdog(app.wsgi_app, watchdog="off")  # type: ignore[method-assign]
+    with capture_logs() as logs:
+        app.test_client().get("/nap?seconds=0.6", headers={"X-Request-ID": "in-1"})
+    assert [line["request_id"] for line in stuck_lines(logs)] == ["in-1"]
+
+
+def test_watchdog_skips_a_request_that_ended_while_its_stack_was_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import traceback
+
+    ended = threading.Event()
+    format_stack = traceback.format_stack
+
+    def slow_format(frame: t.Any) -> list[str]:
+        lines = format_stack(frame)
+        ended.wait(5)  # the request ends meanwhile
+        return lines
+
+    monkeypatch.setattr(watchdog.traceback, "format_stack", slow_format)
+    app = watchdog_app(0.2)
+    with capture_logs() as logs:
+        app.test_client().get("/nap?seconds=0.5")
+        ended.set()
+        time.sleep(0.4)  # the monitor finishes its report, or not
+    assert stuck_lines(logs) == []
 
 
 def test_watchdog_is_quiet_for_quick_requests() -> None:
