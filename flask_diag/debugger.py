@@ -147,7 +147,7 @@ if t.TYPE_CHECKING:
     from flask import Flask
     from werkzeug.debug.tbtools import DebugFrameSummary
 
-__all__ = ["DebuggerGate", "init_flask", "one_process_command"]
+__all__ = ["DebuggerGate", "check_startup", "init_flask", "one_process_command"]
 
 _IP: t.TypeAlias = "ipaddress.IPv4Address | ipaddress.IPv6Address"
 _NET: t.TypeAlias = "ipaddress.IPv4Network | ipaddress.IPv6Network"
@@ -288,8 +288,11 @@ def _one_process_message(profile: ServerProfile, processes: int | None) -> str:
     )
 
 
-def _check_startup(settings: Settings) -> None:
-    """Refuse the start-up conditions that are never safe."""
+def check_startup(settings: Settings) -> None:
+    """Refuse the start-up conditions that are never safe.
+
+    :raises DiagConfigError: saying why (the doctor reports the same).
+    """
     werkzeug_pin = os.environ.get("WERKZEUG_DEBUG_PIN")
     if werkzeug_pin is not None:
         if werkzeug_pin.strip().lower() == "off":
@@ -489,7 +492,7 @@ class DebuggerGate:
         self.pin_lock: PinLock | None = None
         if not settings.debugger:
             return
-        _check_startup(settings)
+        check_startup(settings)
         profile = detect()
         processes = profile.workers
         if (processes is not None and processes > 1) or profile.multiprocess:

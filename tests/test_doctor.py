@@ -462,6 +462,13 @@ def test_debugger_refused_in_production(monkeypatch: pytest.MonkeyPatch) -> None
     assert runtime(good_app()) == ["DIAG006"]
 
 
+def test_debugger_refused_with_werkzeugs_pin(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The gate's own refusal, reported as such: werkzeug's PIN is not read.
+    monkeypatch.setenv("FLASK_DIAG_DEBUGGER", "on")
+    monkeypatch.setenv("WERKZEUG_DEBUG_PIN", "12345678")
+    assert runtime(good_app()) == ["DIAG006"]
+
+
 def test_diag_debugger_on(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLASK_DIAG_DEBUGGER", "on")
     assert runtime(good_app()) == ["DIAG005"]

@@ -15,6 +15,7 @@ import dataclasses
 import os
 import typing as t
 
+from ..debugger import check_startup
 from ..exceptions import DiagConfigError
 from ..settings import Settings
 from .findings import Finding
@@ -132,15 +133,10 @@ def check(
     else:
         if settings.enabled and settings.debugger:
             result.debugger = True
-            if settings.env == "production" and not settings.debugger_in_production:
-                add(
-                    Finding.of(
-                        "DIAG006",
-                        "flask_diag refuses to start its debugger: "
-                        "FLASK_DIAG_DEBUGGER=on where FLASK_DIAG_ENV=production "
-                        "needs FLASK_DIAG_DEBUGGER_IN_PRODUCTION=on too",
-                    )
-                )
+            try:
+                check_startup(settings)  # the gate's own refusals
+            except DiagConfigError as exc:
+                add(Finding.of("DIAG006", f"flask_diag refuses to start: {exc}"))
             else:
                 add(
                     Finding.of(
