@@ -47,7 +47,7 @@ def main_only_secret_key(path: str) -> tuple[str, int] | None:
 
     def visit(node: ast.AST, in_main: bool) -> None:
         for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and _is_main_test(child.test):
+            if isinstance(child, ast.If) and is_main_test(child.test):
                 for stmt in child.body:
                     _check(stmt, True)
                     visit(stmt, True)
@@ -77,7 +77,8 @@ def main_only_secret_key(path: str) -> tuple[str, int] | None:
     return where, min(under_main)
 
 
-def _is_main_test(test: ast.expr) -> bool:
+def is_main_test(test: ast.expr) -> bool:
+    """Whether ``test`` is ``__name__ == "__main__"`` (either way round)."""
     if not isinstance(test, ast.Compare) or len(test.ops) != 1:
         return False
     if not isinstance(test.ops[0], ast.Eq):

@@ -30,6 +30,7 @@ from collections.abc import Iterable
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..secret_key import is_main_test
 from .findings import Finding
 
 __all__ = ["StaticResult", "scan", "scan_source"]
@@ -166,15 +167,7 @@ class StaticResult:
 
 
 def _is_main_guard(node: ast.stmt) -> bool:
-    if not isinstance(node, ast.If) or not isinstance(node.test, ast.Compare):
-        return False
-    test = node.test
-    if len(test.ops) != 1 or not isinstance(test.ops[0], ast.Eq):
-        return False
-    sides = [test.left, test.comparators[0]]
-    names = [s.id for s in sides if isinstance(s, ast.Name)]
-    texts = [s.value for s in sides if isinstance(s, ast.Constant)]
-    return names == ["__name__"] and texts == ["__main__"]
+    return isinstance(node, ast.If) and is_main_test(node.test)
 
 
 def _walk_shallow(node: ast.AST) -> Iterator[ast.AST]:
@@ -363,14 +356,15 @@ class _Module:
     def under_main(self) -> None:
         guards = [s for s in self.tree.body if _is_main_guard(s)]
         outside: set[str] = set()
-        for node in ast.walk(self.tree):
-            if any(node is g for g in guards):
+        for statement in self.tree.body:
+            if _is_main_guard(statement):
                 continue
-            if isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
-                for target in _targets(node):
-                    found = self._setup_target(target)
-                    if found and not _inside(node, guards):
-                        outside.add(found[0])
+            for node in ast.walk(statement):
+                if isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                    for target in _targets(node):
+                        found = self._setup_target(target)
+                        if found:
+                            outside.add(found[0])
         for guard in guards:
             for node in _walk_shallow(guard):
                 message = None
@@ -589,7 +583,8 @@ class _Module:
                     "every request and thread: its connection stays checked out "
                     "until the database drops it ('MySQL server has gone away')",
                 )
-        self.result.findings.extend(self._unremoved(scoped))
+        # Resolved across files in scan(): a remove() elsewhere counts.
+        self.scoped = scoped
         for node in ast.walk(self.tree):
             if not isinstance(node, ast.Call):
                 continue
@@ -609,11 +604,6 @@ class _Module:
                     "connections idle longer than wait_timeout fail with 'MySQL "
                     "server has gone away'",
                 )
-
-    def _unremoved(self, scoped: dict[str, ast.stmt]) -> list[Finding]:
-        # Resolved across files in scan(): a remove() elsewhere counts.
-        self.scoped = scoped
-        return []
 
     def removed_names(self) -> set[str]:
         names = set()
@@ -772,10 +762,6 @@ def _targets(node: ast.AST) -> list[ast.expr]:
 
 def _call_func(node: ast.expr) -> ast.expr | None:
     return node.func if isinstance(node, ast.Call) else None
-
-
-def _inside(node: ast.AST, blocks: list[ast.stmt]) -> bool:
-    return any(node is sub for block in blocks for sub in ast.walk(block))
 
 
 def _is_container(value: ast.expr, qualname: t.Callable[[ast.AST], str | None]) -> bool:
