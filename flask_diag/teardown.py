@@ -71,9 +71,8 @@ import typing as t
 import weakref
 from threading import get_ident
 
-from werkzeug.wsgi import ClosingIterator
-
 from . import sentry
+from .closing import add_quiet_callback
 from .context import current_pid
 from .context import is_file_wrapper
 from .context import request_info
@@ -389,14 +388,10 @@ class TeardownCheck:
         except BaseException:
             self.finish(request)
             raise
-        if type(app_iter) is ClosingIterator:
-            # What Flask (werkzeug) returns: its close() calls its
-            # callbacks in order, ours last, after the app's own. Cheaper
-            # than wrapping the response (iteration stays werkzeug's).
-            callbacks = getattr(app_iter, "_callbacks", None)
-            if type(callbacks) is list:
-                callbacks.append(request.end)
-                return app_iter
+        if add_quiet_callback(app_iter, request.end):
+            # What Flask (werkzeug) returns: ours runs after the app's own
+            # close callbacks, and the envelope still sees an inert body.
+            return app_iter
         if is_file_wrapper(environ, app_iter):
             self.finish(request)  # the server sends it; we cannot wait
             return app_iter

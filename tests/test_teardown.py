@@ -246,6 +246,31 @@ def test_clean_views_report_nothing(leak_app: LeakApp, path: str) -> None:
         assert lines == []
 
 
+def test_watching_keeps_the_envelopes_unwrapped_success_path(
+    leak_app: LeakApp,
+) -> None:
+    """The check rides on werkzeug's close callbacks; the error envelope
+    outside it still hands the server werkzeug's own iterator (no generator
+    of its own on every request because an engine is watched), and the check
+    still runs at close."""
+    from werkzeug.test import EnvironBuilder
+    from werkzeug.wsgi import ClosingIterator
+
+    from flask_diag import ErrorEnvelope
+    from flask_diag.internal import find_in_stack
+
+    (envelope,) = find_in_stack(leak_app.app.wsgi_app, ErrorEnvelope)
+    for path, leaks in (("/ok_connection", 0), ("/leak_connection", 1)):
+        environ = EnvironBuilder(path).get_environ()
+        with capture_logs() as logs:
+            app_iter = envelope(environ, lambda status, headers, exc_info=None: None)
+            assert type(app_iter) is ClosingIterator, path
+            assert b"".join(app_iter)
+            app_iter.close()
+        found = [line for line in logs if line["event"] == "teardown leak"]
+        assert len(found) == leaks, (path, found)
+
+
 def test_module_global_session_is_named_and_shared(leak_app: LeakApp) -> None:
     _, first = get(leak_app.app, "/global_session")
     # The first request leaves the connection and the transaction open.
