@@ -25,7 +25,7 @@ try:  # private in sentry-sdk: tells whether its WSGI middleware opened a scope.
 except ImportError:  # pragma: no cover - layout changed in a future sentry-sdk
     _sentry_request_scope = None
 
-__all__ = ["is_active", "enter_request_scope", "capture_warning"]
+__all__ = ["is_active", "request_tags", "enter_request_scope", "capture_warning"]
 
 
 def is_active() -> bool:
@@ -57,6 +57,14 @@ _scope_module: t.Any = (
 )
 
 
+def request_tags(request_id: str | None, pid: int, thread: str) -> dict[str, object]:
+    """The tags every flask_diag event carries: its request and worker."""
+    tags: dict[str, object] = {"worker.pid": pid, "worker.thread": thread}
+    if request_id is not None:
+        tags["request_id"] = request_id
+    return tags
+
+
 def enter_request_scope(info: RequestInfo) -> AbstractContextManager[t.Any] | None:
     """Put the request's id, worker pid and thread on its Sentry scope.
 
@@ -69,11 +77,7 @@ def enter_request_scope(info: RequestInfo) -> AbstractContextManager[t.Any] | No
     is returned: the caller must exit it when the request ends, in the same
     thread.
     """
-    tags: dict[str, object] = {
-        "request_id": info.request_id,
-        "worker.pid": info.pid,
-        "worker.thread": info.thread,
-    }
+    tags = request_tags(info.request_id, info.pid, info.thread)
     if info.trace_id is not None:
         tags["trace_id"] = info.trace_id
     if _sentry_request_scope is not None and _sentry_request_scope.get(False):
@@ -101,7 +105,7 @@ def capture_warning(
 
         sentry.capture_warning(
             "Request stuck for 31.0s: GET /report",
-            tags={"request_id": info.request_id, "worker.pid": info.pid},
+            tags=request_tags(info.request_id, info.pid, info.thread),
             context_name="stuck request",
             context={"stack": stack},
         )

@@ -581,13 +581,8 @@ def report(
     if teardown_leak.receivers:
         send_safely(teardown_leak, sender, environ=environ, finding=finding)
     if sentry.is_active():
-        tags: dict[str, object] = {
-            "worker.pid": finding.pid,
-            "worker.thread": finding.thread,
-            "teardown.kind": finding.kind,
-        }
-        if finding.request_id is not None:
-            tags["request_id"] = finding.request_id
+        tags = sentry.request_tags(finding.request_id, finding.pid, finding.thread)
+        tags["teardown.kind"] = finding.kind
         try:
             sentry.capture_warning(
                 finding.message,

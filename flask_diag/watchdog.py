@@ -365,11 +365,7 @@ def _report(ident: int, watched: _Watched, now: float) -> None:
         )
     sentry.capture_warning(
         f"Request stuck for {duration:.1f}s: {info.method} {info.path}",
-        tags={
-            "request_id": info.request_id,
-            "worker.pid": info.pid,
-            "worker.thread": info.thread,
-        },
+        tags=sentry.request_tags(info.request_id, info.pid, info.thread),
         context_name="stuck request",
         context={
             "method": info.method,
