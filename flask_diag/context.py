@@ -69,10 +69,16 @@ def is_file_wrapper(environ: WSGIEnvironment, app_iter: object) -> bool:
 
     Such responses go out untouched so the server can send the file itself
     (sendfile, uWSGI offload). uWSGI's ``wsgi.file_wrapper`` is a function,
-    not a class: only a class can be tested with ``isinstance``.
+    not a class, and its offload compares the returned object with the file
+    it was given: there, as sentry-sdk does, anything with a ``fileno`` is
+    taken for the file.
     """
     wrapper = environ.get("wsgi.file_wrapper")
-    return isinstance(wrapper, type) and isinstance(app_iter, wrapper)
+    if wrapper is None:
+        return False
+    if isinstance(wrapper, type):
+        return isinstance(app_iter, wrapper)
+    return getattr(app_iter, "fileno", None) is not None
 
 
 def current_pid() -> int:

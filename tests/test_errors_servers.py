@@ -20,6 +20,7 @@ from servers import EXAMPLES
 from servers import free_port
 from servers import require_module
 from servers import ServerProcess
+from servers import uwsgi_command
 
 pytestmark = pytest.mark.server
 
@@ -170,6 +171,29 @@ def test_plain_wsgi_stream_failure_under_gunicorn(gunicorn_server: t.Any) -> Non
     assert line["status"] == 200
     assert "the database went away" in str(line["exception"])
     assert requests.get(server.url + "/", timeout=TIMEOUT).text == "ready"
+
+
+@pytest.mark.parametrize("server_kind", ["gunicorn", "uwsgi"])
+def test_file_wrapper_goes_to_the_server_untouched(
+    server_kind: str, gunicorn_server: t.Any, server_factory: t.Any
+) -> None:
+    """The server's ``wsgi.file_wrapper`` object comes back from the whole
+    stack as itself, so the server sends the file (sendfile, uWSGI's
+    offload). gunicorn's wrapper is a class, uWSGI's a function."""
+    if server_kind == "gunicorn":
+        server = gunicorn_server("errors_apps:file_app", cwd=APPS)
+    else:
+        server = server_factory(
+            uwsgi_command("--processes", "1", module="errors_apps:file_app"),
+            cwd=APPS,
+            name="uwsgi",
+        )
+    response = requests.get(server.url + "/file", timeout=TIMEOUT)
+    assert response.status_code == 200
+    assert response.content == (APPS / "errors_apps.py").read_bytes()
+    assert "X-Request-ID" in response.headers
+    offloaded = requests.get(server.url + "/offloaded", timeout=TIMEOUT)
+    assert offloaded.text == "True"
 
 
 def test_flask_extension_under_gunicorn(gunicorn_server: t.Any) -> None:

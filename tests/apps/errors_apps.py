@@ -114,3 +114,32 @@ def _plain(environ: WSGIEnvironment, start_response: StartResponse) -> t.Any:
 
 plain_app = wrap(_plain)
 map_exception(plain_app, LookupError, 404, code="not_found")
+
+
+# A file sent with the server's ``wsgi.file_wrapper``, through the whole
+# stack: ``/offloaded`` says whether the object the stack returned for the
+# last ``/file`` was the server's own (so it could send the file itself).
+_sent: dict[str, object] = {}
+
+
+def _files(environ: WSGIEnvironment, start_response: StartResponse) -> t.Any:
+    path = environ.get("PATH_INFO", "")
+    if path == "/file":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        wrapped = environ["wsgi.file_wrapper"](open(__file__, "rb"))  # noqa: SIM115
+        _sent["wrapped"] = wrapped
+        return wrapped
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    if path == "/offloaded":
+        return [repr(_sent.get("same")).encode()]
+    return [b"ready"]
+
+
+_files_stack = wrap(_files)
+
+
+def file_app(environ: WSGIEnvironment, start_response: StartResponse) -> t.Any:
+    result = _files_stack(environ, start_response)
+    if environ.get("PATH_INFO") == "/file":
+        _sent["same"] = result is _sent.get("wrapped")
+    return result
