@@ -120,7 +120,8 @@ from .problem import prefers_html
 from .problem import PROBLEM_JSON
 from .problem import render
 from .problem import status_line
-from .secret_key import secret_key_site
+from .secret_key import is_no_secret_key
+from .secret_key import secret_key_hint
 from .settings import Settings
 from .signals import error_enveloped
 from .signals import send_safely
@@ -141,7 +142,6 @@ __all__ = [
     "map_exception",
     "init_flask",
     "secret_key_hint",
-    "secret_key_site",
 ]
 
 #: Set ``environ[PROPAGATE_KEY] = True`` in a middleware *outside* the
@@ -163,11 +163,7 @@ _REPORTED = "flask_diag.error_reported"
 # integration captures it from that signal).
 _FLASK_REPORTED = "flask_diag.flask_reported"
 
-_FALLBACK_DETAIL = (
-    "The server encountered an internal error and was unable to complete your"
-    " request. Either the server is overloaded or there is an error in the"
-    " application."
-)
+_FALLBACK_DETAIL = InternalServerError.description
 # Error responses are read to recognise a stock page only up to this size.
 _BODY_LIMIT = 64 * 1024
 # Headers that describe the body: replaced together with it.
@@ -264,9 +260,6 @@ class ExceptionMap:
             if rule is not None:
                 return rule
         return None
-
-    def __len__(self) -> int:
-        return len(self._rules)
 
 
 class _Answer(t.NamedTuple):
@@ -918,7 +911,7 @@ def capture(
         event_id: str | None
         if flask_reported and client.get_integration("flask") is not None:
             event_id = sentry_sdk.last_event_id()
-            healthy = _transport_healthy(client)
+            healthy = _transport_healthy(transport)
         else:
             event, hint = event_from_exception(
                 exc,
@@ -929,7 +922,7 @@ def capture(
             tags.setdefault("request_id", request_id)
             # Asked before capturing: a dropped event must not be quoted to
             # the user as if it could be found in Sentry.
-            healthy = _transport_healthy(client)
+            healthy = _transport_healthy(transport)
             event_id = sentry_sdk.capture_event(event, hint=hint)
         if event_id is None or not healthy:
             return Captured(None)
@@ -953,9 +946,8 @@ class Captured(t.NamedTuple):
     unconfirmed: str | None = None
 
 
-def _transport_healthy(client: t.Any) -> bool:
+def _transport_healthy(transport: object) -> bool:
     """Whether the client's transport will take an event now."""
-    transport = getattr(client, "transport", None)
     is_healthy = getattr(transport, "is_healthy", None)
     if is_healthy is None:
         return True
@@ -964,36 +956,12 @@ def _transport_healthy(client: t.Any) -> bool:
 
 # -- hints: known deployment mistakes -------------------------------------------------
 
-_NO_SECRET_KEY = "session is unavailable because no secret key was set"
-
 
 def hint_for(exc: BaseException, flask_app: object | None) -> str | None:
     """The ``hint`` member for ``exc``, when it is a known mistake."""
-    if isinstance(exc, RuntimeError) and _NO_SECRET_KEY in " ".join(str(exc).split()):
+    if is_no_secret_key(exc):
         return secret_key_hint(flask_app)
     return None
-
-
-def secret_key_hint(flask_app: object | None) -> str:
-    """Pitfall 1: the hint for "The session is unavailable because no secret
-    key was set", naming the file and line when the app's module sets the
-    key only under ``if __name__ == "__main__":``."""
-    site = secret_key_site(flask_app)
-    if site is not None:
-        where, line = site
-        return (
-            f"The secret key is set only under 'if __name__ == \"__main__\":' "
-            f"({where}, line {line}). A WSGI server such as gunicorn imports the"
-            " module without running that block, so the app has no secret key"
-            " and flask.session fails. Set it when the module is imported, e.g."
-            ' app.secret_key = os.environ["SECRET_KEY"].'
-        )
-    return (
-        "No secret key is set, and flask.session needs one. Set app.secret_key"
-        " (or SECRET_KEY in app.config) when the module is imported, e.g. from"
-        " an environment variable; code under 'if __name__ == \"__main__\":' does"
-        " not run under gunicorn or uWSGI."
-    )
 
 
 # -- Flask ---------------------------------------------------------------------------
@@ -1053,12 +1021,8 @@ def init_flask(app: Flask, settings: Settings, exceptions: ExceptionMap) -> None
         if exc_class not in registered:
             app.register_error_handler(exc_class, handler)
     got_request_exception.connect(_flask_sent_exception, app, weak=False)
-    for envelope in _envelopes(app.wsgi_app):
+    for envelope in find_in_stack(app.wsgi_app, ErrorEnvelope):
         envelope.exceptions = exceptions
-
-
-def _envelopes(app: object) -> list[ErrorEnvelope]:
-    return find_in_stack(app, ErrorEnvelope)
 
 
 def map_exception(
@@ -1082,7 +1046,7 @@ def map_exception(
     ``FLASK_DIAG_ERRORS=off``): there is nothing to map then, and start-up
     goes on.
     """
-    envelopes = _envelopes(app)
+    envelopes = find_in_stack(app, ErrorEnvelope)
     for envelope in envelopes:
         envelope.map_exception(exc_class, status, code=code, detail=detail, hint=hint)
     return bool(envelopes)

@@ -14,7 +14,12 @@ import functools
 import os
 import sys
 
-__all__ = ["secret_key_site", "main_only_secret_key"]
+__all__ = [
+    "is_no_secret_key",
+    "main_only_secret_key",
+    "secret_key_hint",
+    "secret_key_site",
+]
 
 
 def secret_key_site(flask_app: object | None) -> tuple[str, int] | None:
@@ -125,3 +130,36 @@ def _sets_secret_key(node: ast.AST) -> str | None:
                 ):
                     return "sets"
     return None
+
+
+_NO_SECRET_KEY = "session is unavailable because no secret key was set"
+
+
+def is_no_secret_key(exc: object) -> bool:
+    """Whether ``exc`` is Flask's "The session is unavailable because no
+    secret key was set" (its wording wrapped or not)."""
+    return isinstance(exc, RuntimeError) and _NO_SECRET_KEY in " ".join(
+        str(exc).split()
+    )
+
+
+def secret_key_hint(flask_app: object | None) -> str:
+    """Pitfall 1: what to say about that error, naming the file and line when
+    the app's module sets the key only under ``if __name__ == "__main__":``
+    (the error envelope's ``hint``, the teardown check's finding)."""
+    site = secret_key_site(flask_app)
+    if site is not None:
+        where, line = site
+        return (
+            f"The secret key is set only under 'if __name__ == \"__main__\":' "
+            f"({where}, line {line}). A WSGI server such as gunicorn imports the"
+            " module without running that block, so the app has no secret key"
+            " and flask.session fails. Set it when the module is imported, e.g."
+            ' app.secret_key = os.environ["SECRET_KEY"].'
+        )
+    return (
+        "No secret key is set, and flask.session needs one. Set app.secret_key"
+        " (or SECRET_KEY in app.config) when the module is imported, e.g. from"
+        " an environment variable; code under 'if __name__ == \"__main__\":' does"
+        " not run under gunicorn or uWSGI."
+    )

@@ -81,6 +81,8 @@ from .internal import find_in_stack
 from .internal import logger
 from .internal import report_internal_error
 from .problem import DiagHTTPError
+from .secret_key import is_no_secret_key
+from .secret_key import secret_key_hint
 from .secret_key import secret_key_site
 from .settings import Settings
 from .signals import send_safely
@@ -346,10 +348,7 @@ class TeardownCheck:
         settings: Settings | None = None,
         **overrides: object,
     ) -> None:
-        if settings is None:
-            settings = Settings.load(overrides)
-        elif overrides:
-            settings = settings.replace(**overrides)
+        settings = Settings.for_middleware(settings, overrides)
         self.app = app
         self.settings = settings
         #: What this middleware watches; replaced by the Diag's own in
@@ -648,8 +647,6 @@ _NO_KEY_FIX = (
 
 
 def _secret_key_finding(app: t.Any, site: tuple[str, int] | None) -> TeardownFinding:
-    from .errors import secret_key_hint
-
     return TeardownFinding(
         kind="no_secret_key",
         what=f"Flask app {app.import_name!r} has no secret key",
@@ -687,9 +684,7 @@ def _watch_session_use(app: t.Any, check: TeardownCheck) -> None:
     from .signals import error_enveloped
 
     def seen(exception: object, environ: WSGIEnvironment | None) -> None:
-        if check.key_reported or not isinstance(exception, RuntimeError):
-            return
-        if "no secret key" not in " ".join(str(exception).split()):
+        if check.key_reported or not is_no_secret_key(exception):
             return
         from flask import current_app
         from flask import has_app_context
