@@ -84,6 +84,20 @@ def free_port(host: str = HOST) -> int:
         return port
 
 
+def allowed(response: t.Any) -> set[str]:
+    """The methods of a response's ``Allow`` header (any order)."""
+    value = response.headers.get("Allow", "")
+    return {m.strip() for m in value.split(",") if m.strip()}
+
+
+def line_of(path: Path, needle: str) -> int:
+    """The number of the first line of ``path`` holding ``needle``."""
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if needle in line:
+            return number
+    raise AssertionError(f"{needle!r} not in {path}")
+
+
 def require_module(name: str) -> None:
     """Fail (never skip) the current test when ``name`` is not installed."""
     if importlib.util.find_spec(name) is None:

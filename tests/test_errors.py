@@ -38,6 +38,9 @@ from hypothesis import given
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
+from servers import allowed
+from servers import free_port
+from servers import line_of
 from werkzeug.datastructures import Headers
 from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import MethodNotAllowed
@@ -199,12 +202,6 @@ def environ_for(
         path, method=method, **kwargs
     ).get_environ()
     return environ
-
-
-def allowed(response: t.Any) -> set[str]:
-    """The methods of the ``Allow`` header (werkzeug lists them in any order)."""
-    value = response.headers.get("Allow", "")
-    return {m.strip() for m in value.split(",") if m.strip()}
 
 
 def logged(logs: list[t.Any], event: str) -> list[t.Any]:
@@ -862,13 +859,6 @@ def load_example(path: Path, name: str) -> t.Any:
     return module
 
 
-def line_of(path: Path, needle: str) -> int:
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if needle in line:
-            return number
-    raise AssertionError(f"{needle!r} not in {path}")
-
-
 def test_pitfall1_hint_names_file_and_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(PITFALL1)
     module = load_example(PITFALL1 / "app.py", "pitfall1_app_under_test")
@@ -1228,6 +1218,25 @@ def test_wrapped_twice_envelopes_once() -> None:
         response = Client(outer).get("/crash")
     assert_envelope(response, 500, "internal_error")
     assert len(logged(logs, "request failed")) == 1
+    # A stream failing after it started: logged (and sent) once, too.
+    with capture_logs() as logs:
+        streamed = run_wsgi(outer, environ_for("/stream-late"))
+    assert isinstance(streamed.error, RuntimeError)
+    assert len(logged(logs, "response failed after it started")) == 1
+
+
+def test_wrapped_twice_in_negotiate_mode_reports_each_error_once() -> None:
+    # HEAD with an HTML preference: the outer envelope sees an error status
+    # with no body; it must know the inner one answered it already.
+    app, _ = make_flask_app(errors="negotiate")
+    outer = wrap(app, environ={"FLASK_DIAG_ERRORS": "negotiate"})
+    client = Client(outer)
+    for path, status in (("/crash", 500), ("/cars/2", 404), ("/nowhere", 404)):
+        with capture_logs() as logs:
+            response = client.head(path, headers={"Accept": "text/html"})
+        assert response.status_code == status, path
+        assert response.get_data() == b""
+        assert len(logged(logs, "request failed")) == (status >= 500), path
 
 
 def test_flask_under_wrap_without_the_extension() -> None:
@@ -1606,15 +1615,6 @@ def test_sentry_refusing_the_event_gives_no_event_id(
     assert line["unconfirmed_event_id"] == event.event_id
 
 
-def _closed_port() -> int:
-    """A port on 127.0.0.1 nothing listens on (bound, then released)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return t.cast(int, sock.getsockname()[1])
-
-
 def test_sentry_unreachable_gives_the_same_response_without_event_id(
     sentry_init: t.Any, fclient: t.Any
 ) -> None:
@@ -1622,7 +1622,7 @@ def test_sentry_unreachable_gives_the_same_response_without_event_id(
 
     with capture_logs():
         reference = fclient.get("/crash")  # Sentry not initialised
-    sentry_init(dsn=f"http://public@127.0.0.1:{_closed_port()}/1")
+    sentry_init(dsn=f"http://public@127.0.0.1:{free_port()}/1")
     started = time.monotonic()
     with capture_logs() as logs:
         response = fclient.get("/crash")
@@ -1645,12 +1645,36 @@ def test_sentry_confirm_off_quotes_the_queued_id(
     though this Sentry cannot be reached (the documented trade-off)."""
     monkeypatch.setenv("FLASK_DIAG_SENTRY_CONFIRM", "off")
     app, _ = make_flask_app()
-    sentry_init(dsn=f"http://public@127.0.0.1:{_closed_port()}/1")
+    sentry_init(dsn=f"http://public@127.0.0.1:{free_port()}/1")
     with capture_logs():
         problem = assert_envelope(
             app.test_client().get("/crash"), 500, "internal_error"
         )
     assert re.fullmatch(r"[0-9a-f]{32}", problem["event_id"]), problem
+
+
+def test_sentry_confirm_off_still_leaves_out_ids_the_sdk_will_drop(
+    sentry_endpoint: t.Any, sentry_init: t.Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the wait, a transport that is backing off (HTTP 429 seen) is
+    asked before capturing: that event is never sent, no id is quoted."""
+    import sentry_sdk
+
+    monkeypatch.setenv("FLASK_DIAG_SENTRY_CONFIRM", "off")
+    app, _ = make_flask_app()
+    client = app.test_client()
+    sentry_endpoint.rate_limit = 60
+    sentry_init()
+    with capture_logs():
+        first = assert_envelope(client.get("/crash"), 500, "internal_error")
+    assert re.fullmatch(r"[0-9a-f]{32}", first["event_id"]), first  # queued
+    sentry_endpoint.wait_for_events(1)
+    sentry_sdk.flush(timeout=5)  # the 429 has come back
+    with capture_logs():
+        second = assert_envelope(client.get("/crash"), 500, "internal_error")
+    assert "event_id" not in second, second
+    sentry_sdk.flush(timeout=5)
+    assert len(sentry_endpoint.events) == 1
 
 
 def test_sentry_slow_answer_waits_once_then_not_until_it_recovers(

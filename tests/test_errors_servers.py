@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 import requests
+from servers import allowed
 from servers import EXAMPLES
 from servers import free_port
+from servers import line_of
 from servers import require_module
 from servers import ServerProcess
 from servers import uwsgi_command
@@ -43,10 +45,6 @@ def assert_envelope(
     assert problem["request_id"] == response.headers["X-Request-ID"]
     assert SECRET not in response.text
     return t.cast(dict[str, t.Any], problem)
-
-
-def allowed(response: requests.Response) -> set[str]:
-    return {m.strip() for m in response.headers.get("Allow", "").split(",") if m}
 
 
 def log_lines(
@@ -245,13 +243,6 @@ def test_django_under_gunicorn(gunicorn_server: t.Any) -> None:
 # -- pitfall 1: the secret key under __main__ ----------------------------------------
 
 
-def _line_of(path: Path, needle: str) -> int:
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if needle in line:
-            return number
-    raise AssertionError(f"{needle!r} not in {path}")
-
-
 def test_pitfall1_hint_under_gunicorn(gunicorn_server: t.Any) -> None:
     directory = EXAMPLES / "pitfall1_secret_key"
     server = gunicorn_server("app:app", "-w", "2", cwd=directory)
@@ -259,7 +250,7 @@ def test_pitfall1_hint_under_gunicorn(gunicorn_server: t.Any) -> None:
     assert requests.get(server.url + "/", timeout=TIMEOUT).json() == {"user": None}
     response = requests.get(server.url + "/login", timeout=TIMEOUT)
     problem = assert_envelope(response, 500, "internal_error")
-    line = _line_of(directory / "app.py", "app.secret_key =")
+    line = line_of(directory / "app.py", "app.secret_key =")
     assert f"(app.py, line {line})" in problem["hint"]
     assert "__main__" in problem["hint"]
     assert "debug" not in problem  # app.debug is set under __main__ too
