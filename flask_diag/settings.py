@@ -75,23 +75,12 @@ def _choice(*choices: str) -> t.Callable[[object], str]:
     return parse
 
 
-def _seconds_or_off(on: float, maximum: float) -> t.Callable[[object], float | None]:
-    """A duration: seconds up to ``maximum``; ``off`` (or 0) for none; ``on``
-    (or ``True``) for ``on`` seconds."""
+def _seconds(maximum: float) -> t.Callable[[object], float]:
+    """A duration: more than 0 and at most ``maximum`` seconds."""
 
-    def parse(value: object) -> float | None:
-        if isinstance(value, bool):
-            return on if value else None
+    def parse(value: object) -> float:
         if isinstance(value, str):
-            text = value.strip().lower()
-            if text in _FALSE:
-                return None
-            try:
-                value = float(text)
-            except ValueError:
-                if text in _TRUE:
-                    return on
-                raise
+            value = float(value.strip())  # ValueError for anything else
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if 0 < value <= maximum and value != float("inf"):
                 return float(value)
@@ -100,21 +89,39 @@ def _seconds_or_off(on: float, maximum: float) -> t.Callable[[object], float | N
     return parse
 
 
-def _parse_port(value: object) -> int:
-    if isinstance(value, str):
-        value = int(value.strip())  # ValueError for anything else
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 65536:
-        return value
-    raise ValueError
+def _seconds_or_off(on: float, maximum: float) -> t.Callable[[object], float | None]:
+    """A duration (see :func:`_seconds`); ``off`` (or 0) for none; ``on``
+    (or ``True``) for ``on`` seconds."""
+    seconds = _seconds(maximum)
+
+    def parse(value: object) -> float | None:
+        if isinstance(value, bool):
+            return on if value else None
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text in _FALSE:
+                return None
+            if text in _TRUE - {"1"}:  # "1" is one second
+                return on
+        elif value == 0:
+            return None
+        return seconds(value)
+
+    return parse
 
 
-def _parse_seconds(value: object) -> float:
-    if isinstance(value, str):
-        value = float(value.strip())  # ValueError for anything else
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if 0 < value <= 86400:
-            return float(value)
-    raise ValueError
+def _int_in(low: int, high: int | None = None) -> t.Callable[[object], int]:
+    """An integer from ``low`` to ``high`` (no upper bound when ``None``)."""
+
+    def parse(value: object) -> int:
+        if isinstance(value, str):
+            value = int(value.strip())  # ValueError for anything else
+        if isinstance(value, int) and not isinstance(value, bool) and value >= low:
+            if high is None or value <= high:
+                return value
+        raise ValueError
+
+    return parse
 
 
 def _parse_ip(value: object) -> str:
@@ -177,14 +184,6 @@ def _parse_pin(value: object) -> str | None:
         if len(text.replace("-", "")) >= PIN_MIN_LENGTH and text.lower() not in _FALSE:
             if re.fullmatch(r"[A-Za-z0-9-]+", text):
                 return text
-    raise ValueError
-
-
-def _parse_positive_int(value: object) -> int:
-    if isinstance(value, str):
-        value = int(value.strip())  # ValueError for anything else
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
     raise ValueError
 
 
@@ -337,14 +336,14 @@ class Settings:
     )
     pdb_port: int = _setting(
         4444,
-        _parse_port,
+        _int_in(0, 65535),
         "a port number (0 for any free port)",
         "The remote pdb's port; when it is taken, the next free one (the log "
         "line names it).",
     )
     pdb_wait: float = _setting(
         120.0,
-        _parse_seconds,
+        _seconds(86400),
         "a number of seconds (e.g. 120, 0.5), at most 86400",
         "How long a breakpoint waits for a client before the code continues; "
         "shortened to end before the server's worker timeout.",
@@ -385,7 +384,7 @@ class Settings:
     )
     debugger_ttl: float = _setting(
         3600.0,
-        _parse_seconds,
+        _seconds(86400),
         "a number of seconds (e.g. 3600), at most 86400",
         "The debugger switches itself off this many seconds after start-up.",
     )
@@ -421,7 +420,7 @@ class Settings:
     )
     debugger_frames: int = _setting(
         20,
-        _parse_positive_int,
+        _int_in(1),
         "a whole number of tracebacks (e.g. 20)",
         "How many tracebacks the debugger keeps in memory; the oldest are "
         "dropped (werkzeug alone never frees them).",

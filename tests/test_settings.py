@@ -80,6 +80,14 @@ def test_sentry_confirm_values(raw: str, expected: float | None) -> None:
     assert Settings.load(environ={}).sentry_confirm == 2.0
 
 
+@pytest.mark.parametrize(("value", "expected"), [(0, None), (0.0, None), (5, 5.0)])
+def test_durations_from_code(value: float, expected: float | None) -> None:
+    # "off (or 0)" holds for numbers given in code as for text.
+    settings = Settings.load({"watchdog": value, "sentry_confirm": value}, environ={})
+    assert settings.watchdog == expected
+    assert settings.sentry_confirm == expected
+
+
 def test_unknown_environment_variable_is_an_error_with_a_suggestion() -> None:
     with pytest.raises(DiagConfigError, match="FLASK_DIAG_WORKER_HEADER is not") as e:
         Settings.load(environ={"FLASK_DIAG_WORKER_HEADER": "off"})
