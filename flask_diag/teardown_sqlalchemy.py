@@ -638,15 +638,13 @@ def _global_name(obj: object) -> str | None:
     return None
 
 
-def _session_name(session: Session, info: _SessionInfo | None) -> str:
-    if info is not None and info.name is not None:
+def _session_name(session: Session, info: _SessionInfo) -> str:
+    if info.name is not None:
         return info.name
     found = _global_name(session)
     if found is None:
         return f"Session at 0x{id(session):x}"
-    name = f"module-global session {found!r}"
-    if info is not None:
-        info.name = name  # a global keeps its name: looked up once
+    info.name = name = f"module-global session {found!r}"  # looked up once
     return name
 
 
@@ -768,9 +766,8 @@ def check(watch: Watch, request: _Request) -> list[TeardownFinding]:
         where = where_of(use)
         stack = format_stack(use)
         if open_transaction or any(pending):
-            if info is not None:
-                # The next request may use it without beginning anything.
-                _follow(session, info)
+            # The next request may use it without beginning anything.
+            _follow(session, info)
             name = _session_name(session, info)
             state = []
             if open_transaction:
@@ -822,7 +819,7 @@ def check(watch: Watch, request: _Request) -> list[TeardownFinding]:
                         **fields,
                     )
                 )
-        if shared and info is not None:
+        if shared:
             name = _session_name(session, info)
             findings.append(
                 TeardownFinding(

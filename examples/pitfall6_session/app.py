@@ -36,7 +36,6 @@ from __future__ import annotations
 import os
 import typing as t
 
-import structlog
 from flask import Flask
 from flask import Response
 from flask import stream_with_context
@@ -55,7 +54,6 @@ import flask_diag.logging
 from flask_diag import Diag
 
 flask_diag.logging.configure()  # JSON lines on stderr
-log = structlog.get_logger()
 
 DATABASE_URL = os.environ.get("DATABASE_URL", "sqlite:///pitfall6.db")
 
