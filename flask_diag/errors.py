@@ -106,6 +106,7 @@ from .closing import inert_response
 from .context import ENVIRON_KEY
 from .context import is_file_wrapper
 from .context import request_info
+from .internal import capture_internal_exceptions
 from .internal import find_flask_app
 from .internal import find_in_stack
 from .internal import logger
@@ -421,22 +422,14 @@ class ErrorEnvelope:
         self, environ: WSGIEnvironment, exc: BaseException, status: str | None
     ) -> None:
         """Log and send an exception the response can no longer show."""
-        try:
-            if _already_reported(environ, exc) is not None:
-                return
-            request_id = self._rendering.request_id(environ)
-            flask_reported = environ.get(_FLASK_REPORTED) is exc
-            event_id = capture(exc, request_id, flask_reported=flask_reported).event_id
-            environ[_REPORTED] = (exc, event_id)
-            logger.error(
+        with capture_internal_exceptions("reporting a failed response"):
+            _report_once(
+                environ,
+                exc,
+                self._rendering.request_id(environ),
                 "response failed after it started",
                 status=_status_code(status),
-                request_id=request_id,
-                event_id=event_id,
-                exc_info=(type(exc), exc, exc.__traceback__),
             )
-        except Exception as internal:
-            report_internal_error("reporting a failed response", internal)
 
 
 _new_response = object.__new__
@@ -786,6 +779,41 @@ def _already_reported(
     return None
 
 
+def _report_once(
+    environ: WSGIEnvironment,
+    exc: BaseException | None,
+    request_id: str,
+    event: str,
+    *,
+    confirm: float | None = None,
+    **fields: t.Any,
+) -> str | None:
+    """Log ``event`` (with ``fields``) and send ``exc`` to Sentry, once per
+    exception and request however many envelopes see it; the event id."""
+    reported = _already_reported(environ, exc)
+    if reported is not None:
+        return reported[1]
+    # Sentry first: its logging integration then drops our log line's copy
+    # of the same exception as a duplicate.
+    captured = Captured(None)
+    if exc is not None:
+        flask_reported = environ.get(_FLASK_REPORTED) is exc
+        captured = capture(
+            exc, request_id, flask_reported=flask_reported, confirm=confirm
+        )
+        environ[_REPORTED] = (exc, captured.event_id)
+    fields["request_id"] = request_id
+    fields["event_id"] = captured.event_id
+    if captured.unconfirmed is not None:
+        # Sent, not (yet) accepted: not in the body, but in the log to find
+        # it in Sentry should it arrive after all.
+        fields["unconfirmed_event_id"] = captured.unconfirmed
+    if exc is not None:
+        fields["exc_info"] = (type(exc), exc, exc.__traceback__)
+    logger.error(event, **fields)
+    return captured.event_id
+
+
 def finish(
     environ: WSGIEnvironment,
     answer: _Answer,
@@ -804,32 +832,15 @@ def finish(
     exc = answer.exception
     event_id = None
     if status >= 500:
-        reported = _already_reported(environ, exc)
-        if reported is not None:
-            event_id = reported[1]
-        else:
-            # Sentry first: its logging integration then drops our log
-            # line's copy of the same exception as a duplicate.
-            unconfirmed = None
-            if exc is not None:
-                flask_reported = environ.get(_FLASK_REPORTED) is exc
-                event_id, unconfirmed = capture(
-                    exc, request_id, flask_reported=flask_reported, confirm=confirm
-                )
-                environ[_REPORTED] = (exc, event_id)
-            fields: dict[str, t.Any] = {
-                "status": status,
-                "code": answer.code,
-                "request_id": request_id,
-                "event_id": event_id,
-            }
-            if unconfirmed is not None:
-                # Sent, not (yet) accepted: not in the body, but in the log
-                # to find it in Sentry should it arrive after all.
-                fields["unconfirmed_event_id"] = unconfirmed
-            if exc is not None:
-                fields["exc_info"] = (type(exc), exc, exc.__traceback__)
-            logger.error("request failed", **fields)
+        event_id = _report_once(
+            environ,
+            exc,
+            request_id,
+            "request failed",
+            confirm=confirm,
+            status=status,
+            code=answer.code,
+        )
     problem = make_problem(
         status,
         code=answer.code,
