@@ -139,6 +139,7 @@ from .signals import debugger_enabled
 from .signals import debugger_pin_accepted
 from .signals import debugger_pin_refused
 from .signals import send_safely
+from .worker_timeout import worker_kill_timer
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse
@@ -598,16 +599,24 @@ class DebuggerGate:
                 server=profile.describe(),
                 env=settings.env,
             )
-        if profile.timeout is not None and profile.timeout < 600:
-            with capture_internal_exceptions("logging debugger_timeout"):
+        with capture_internal_exceptions("logging debugger_timeout"):
+            # gunicorn's gthread --timeout is a heartbeat of the worker's main
+            # loop: it never kills a request thread paused in a frame.
+            timer = worker_kill_timer()
+            if timer is not None and timer.kills and 0 < timer.seconds < 600:
+                if timer.server == "uwsgi":
+                    fix = "uwsgi --harakiri 3600 (or no harakiri) ..."
+                else:
+                    fix = one_process_command()
                 logger.warning(
                     "debugger_short_timeout",
+                    # At start-up no request runs: the time left is moot.
                     message=(
-                        f"the server kills a busy worker after {profile.timeout:g} s:"
-                        " a debugging session in a frame may be cut short."
-                        f" Use: {one_process_command()}"
+                        f"{timer._replace(left=None).describe()}: a debugging"
+                        f" session in a frame may be cut short. Use: {fix}"
                     ),
-                    timeout_s=profile.timeout,
+                    timeout_s=timer.seconds,
+                    server_timeout=timer.setting,
                 )
         send_safely(
             debugger_enabled,

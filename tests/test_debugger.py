@@ -21,6 +21,7 @@ import pytest
 from flask import Flask
 from werkzeug.test import Client
 
+from flask_diag import debugger as debugger_module
 from flask_diag import Diag
 from flask_diag import DiagConfigError
 from flask_diag import wrap
@@ -32,6 +33,7 @@ from flask_diag.settings import Settings
 from flask_diag.signals import debugger_pin_refused
 from flask_diag.testing import capture_logs
 from flask_diag.testing import capture_signals
+from flask_diag.worker_timeout import KillTimer
 
 LOOPBACK = {"REMOTE_ADDR": "127.0.0.1"}
 FOREIGN = {"REMOTE_ADDR": "203.0.113.7"}
@@ -404,6 +406,68 @@ def test_multiprocess_request_refused(make: t.Callable[..., Harness]) -> None:
 )
 def test_one_process_command(argv: list[str], expected: str) -> None:
     assert one_process_command(argv) == expected
+
+
+SYNC_30 = KillTimer(
+    "gunicorn", "--timeout 30, SyncWorker", 30.0, 12.0, "the running worker", True
+)
+
+
+@pytest.mark.parametrize(
+    ("timer", "expected"),
+    [
+        pytest.param(
+            SYNC_30,
+            "gunicorn --timeout 30, SyncWorker (from the running worker): the"
+            " worker is killed at most 30 s after the request started",
+            id="gunicorn-sync-30",
+        ),
+        pytest.param(
+            KillTimer("uwsgi", "harakiri 60", 60.0, None, "uwsgi.opt", True),
+            "uwsgi harakiri 60 (from uwsgi.opt): the worker is killed at most"
+            " 60 s after the request started",
+            id="uwsgi-harakiri-60",
+        ),
+        # gthread's --timeout is a heartbeat: a paused thread is not killed.
+        pytest.param(
+            KillTimer(
+                "gunicorn",
+                "--timeout 30, ThreadWorker",
+                30.0,
+                None,
+                "the running worker",
+                False,
+            ),
+            None,
+            id="gunicorn-gthread-30",
+        ),
+        pytest.param(SYNC_30._replace(seconds=3600.0), None, id="long-enough"),
+        pytest.param(SYNC_30._replace(seconds=0.0, kills=False), None, id="off"),
+        pytest.param(None, None, id="no-server-timeout"),
+    ],
+)
+def test_short_worker_timeout_warned(
+    make: t.Callable[..., Harness],
+    monkeypatch: pytest.MonkeyPatch,
+    timer: KillTimer | None,
+    expected: str | None,
+) -> None:
+    monkeypatch.setattr(debugger_module, "worker_kill_timer", lambda: timer)
+    with capture_logs() as logs:
+        make()
+    warnings = [e for e in logs if e["event"] == "debugger_short_timeout"]
+    if expected is None:
+        assert warnings == []
+        return
+    assert timer is not None
+    (warning,) = warnings
+    assert warning["log_level"] == "warning"
+    assert warning["timeout_s"] == timer.seconds
+    assert warning["server_timeout"] == timer.setting
+    assert warning["message"].startswith(expected + ": a debugging session")
+    assert "killed in about" not in warning["message"]  # no request runs yet
+    fix = "harakiri 3600" if timer.server == "uwsgi" else "--timeout 3600"
+    assert fix in warning["message"]
 
 
 # -- expiry ----------------------------------------------------------------------------

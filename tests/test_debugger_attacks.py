@@ -13,6 +13,7 @@ import http.client
 import logging
 import os
 import re
+import shutil
 import stat
 import threading
 import time
@@ -38,6 +39,7 @@ from flask_diag.debugger import DebuggerGate
 from flask_diag.debugger_pin import PinLock
 from flask_diag.debugger_pin import random_pin
 from flask_diag.debugger_pin import write_pin_file
+from flask_diag.internal import find_in_stack
 from flask_diag.testing import capture_logs
 from flask_diag.testing import capture_signals
 
@@ -160,9 +162,7 @@ def flask_target(
         options.setdefault("debugger", True)
         options.setdefault("debugger_pin", PIN)
         Diag(app, **options)
-        inner: t.Any = app.wsgi_app
-        while not isinstance(inner, DebuggerGate):
-            inner = inner.app
+        (inner,) = find_in_stack(app.wsgi_app, DebuggerGate)
         targets.append(inner)
         off = make_app()
         Diag(off, **{**options, "debugger": False})
@@ -261,6 +261,18 @@ def test_pinauth_needs_the_page_secret(
     # Without the secret an attempt does not even count (no lockout DoS).
     for _ in range(10):
         target.get(f"/?__debugger__=yes&cmd=pinauth&pin=wrong{query}")
+    assert not target.lock.locked()
+    # The PIN where the page script sends it, a POST body: the right one
+    # opens nothing without the secret, and wrong ones are not counted.
+    url = f"/?__debugger__=yes&cmd=pinauth{query}"
+    response = target.client.post(url, data={"pin": PIN}, environ_overrides=LOOPBACK)
+    assert response.status_code == 404
+    assert "Set-Cookie" not in response.headers
+    for _ in range(10):
+        response = target.client.post(
+            url, data={"pin": "wrong-pin-0000"}, environ_overrides=LOOPBACK
+        )
+        assert response.status_code == 404
     assert not target.lock.locked()
 
 
@@ -822,35 +834,27 @@ def test_fault_in_a_check_fails_closed(
         assert "fault in the gate" not in response.get_data(as_text=True)
 
 
-def test_fault_in_cookie_check_fails_closed(
-    flask_target: t.Callable[..., Target], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("method", ["cookie_valid", "attempt"])
+def test_fault_in_a_pin_lock_check_fails_closed(
+    flask_target: t.Callable[..., Target], monkeypatch: pytest.MonkeyPatch, method: str
 ) -> None:
     target = flask_target()
-    secret, frame = target.unlock()
+    unlocked = method == "cookie_valid"  # a fault must not honour a good cookie
+    secret, frame = target.unlock() if unlocked else target.traceback()
 
-    def broken(self: PinLock, value: object) -> bool:
-        raise RuntimeError("cookie fault")
+    def broken(self: PinLock, *args: object) -> t.NoReturn:
+        raise RuntimeError(f"{method} fault")
 
-    monkeypatch.setattr(PinLock, "cookie_valid", broken)
+    monkeypatch.setattr(PinLock, method, broken)
+    if not unlocked:
+        response = target.pinauth(secret, PIN)
+        assert "Set-Cookie" not in response.headers
+        assert f"{method} fault" not in response.get_data(as_text=True)
     response = target.command(secret, frame)
-    assert not executed(response)
-    assert "cookie fault" not in response.get_data(as_text=True)
-
-
-def test_fault_in_pin_check_fails_closed(
-    flask_target: t.Callable[..., Target], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    target = flask_target()
-    secret, frame = target.traceback()
-
-    def broken(self: PinLock, entered: str) -> t.NoReturn:
-        raise RuntimeError("pin fault")
-
-    monkeypatch.setattr(PinLock, "attempt", broken)
-    response = target.pinauth(secret, PIN)
-    assert "Set-Cookie" not in response.headers
-    assert "pin fault" not in response.get_data(as_text=True)
-    assert target.command(secret, frame).status_code == 403
+    assert not executed(response) and not debugger_content(response)
+    assert f"{method} fault" not in response.get_data(as_text=True)
+    if not unlocked:
+        assert response.status_code == 403
 
 
 # -- memory --
@@ -1085,11 +1089,9 @@ def test_served_page_script_posts_the_pin(
     assert again.status_code == 304
 
 
-def test_unpatchable_page_script_refuses_to_start(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A future werkzeug whose script sends the PIN some other way: no
-    debugger at all rather than one whose page puts the PIN in URLs."""
+@pytest.fixture
+def pin_files_made(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The paths of the PIN files written (``write_pin_file`` spied on)."""
     made: list[str] = []
     original = debugger_pin.write_pin_file
 
@@ -1098,6 +1100,16 @@ def test_unpatchable_page_script_refuses_to_start(
         return made[-1]
 
     monkeypatch.setattr(debugger_pin, "write_pin_file", spy)
+    yield made
+    for path in made:  # none, unless the test fails
+        shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+
+
+def test_unpatchable_page_script_refuses_to_start(
+    monkeypatch: pytest.MonkeyPatch, pin_files_made: list[str]
+) -> None:
+    """A future werkzeug whose script sends the PIN some other way: no
+    debugger at all rather than one whose page puts the PIN in URLs."""
     monkeypatch.setattr(
         debugger_module.pkgutil,
         "get_data",
@@ -1105,7 +1117,7 @@ def test_unpatchable_page_script_refuses_to_start(
     )
     with pytest.raises(DiagConfigError, match="debugger.js"):
         DebuggerGate(_plain_app, debugger=True)
-    assert made == []  # refused before any PIN file exists
+    assert pin_files_made == []  # refused before any PIN file exists
 
 
 # -- a random PIN is single-use --
@@ -1146,24 +1158,16 @@ def test_pin_lock_refuses_a_short_normalised_pin(pin: str) -> None:
 
 
 def test_short_pin_past_the_settings_refused_at_start_up(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, pin_files_made: list[str]
 ) -> None:
     """Belt and braces: a PIN that reaches the lock without the settings'
     check (here a broken random source) stops the start-up, and no PIN
     file is left behind."""
-    made: list[str] = []
-    original = debugger_pin.write_pin_file
-
-    def spy(pin: str) -> str:
-        made.append(original(pin))
-        return made[-1]
-
-    monkeypatch.setattr(debugger_pin, "write_pin_file", spy)
     monkeypatch.setattr(debugger_pin, "random_pin", lambda: "a-------")
     with pytest.raises(DiagConfigError, match="at least 8") as raised:
         DebuggerGate(_plain_app, debugger=True)
     assert "a-------" not in str(raised.value)
-    assert made == []
+    assert pin_files_made == []
 
 
 # -- the cookie behind a TLS-terminating proxy --

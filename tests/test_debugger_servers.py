@@ -20,10 +20,7 @@ from __future__ import annotations
 import http.client
 import os
 import re
-import signal
 import stat
-import subprocess
-import sys
 import time
 import typing as t
 from pathlib import Path
@@ -31,9 +28,9 @@ from pathlib import Path
 import pytest
 import requests
 from servers import EXAMPLES
-from servers import free_port
 from servers import require_module
 from servers import ServerProcess
+from servers import ServerStartError
 
 pytestmark = pytest.mark.server
 
@@ -213,37 +210,17 @@ def test_chromium_traceback_pin_and_console(
 # -- refusals on real servers ------------------------------------------------------
 
 
-def test_two_gunicorn_workers_refused_at_start_up(tmp_path: Path) -> None:
-    require_module("gunicorn")
-    log_path = tmp_path / "gunicorn-w2.log"
-    command = [
-        sys.executable,
-        *("-m", "gunicorn", "--bind", f"127.0.0.1:{free_port()}"),
-        *("--workers", "2", "--timeout", "3600", "--no-control-socket"),
-        "wsgi-debug:application",
-    ]
-    if "--no-control-socket" not in _gunicorn_help():
-        command.remove("--no-control-socket")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLASK_DIAG")}
-    env["PYTHONPATH"] = str(EXAMPLES)
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            command,
+def test_two_gunicorn_workers_refused_at_start_up(gunicorn_server: t.Any) -> None:
+    with pytest.raises(ServerStartError) as err:
+        gunicorn_server(
+            "wsgi-debug:application",
+            *("--workers", "2", "--timeout", "3600"),
+            *GRACEFUL,
             cwd=EXAMPLES,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
         )
-    try:
-        code = process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
-    output = log_path.read_text(errors="replace")
-    assert code != 0, output
+    output = str(err.value)  # with the server's output
+    exited = re.search(r"server exited with code (-?\d+) before answering", output)
+    assert exited is not None and int(exited.group(1)) != 0, output
     assert "Worker failed to boot" in output
     assert "flask_diag's debugger refuses to start" in output
     assert "runs 2 worker processes" in output
@@ -253,14 +230,35 @@ def test_two_gunicorn_workers_refused_at_start_up(tmp_path: Path) -> None:
     assert '"debugger_enabled"' not in output  # never activated
 
 
-def _gunicorn_help() -> str:
-    return subprocess.run(
-        [sys.executable, "-m", "gunicorn", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    ).stdout
+@pytest.mark.parametrize(
+    ("worker", "warned"),
+    [
+        pytest.param(("--worker-class", "sync"), True, id="sync"),
+        # gthread's --timeout is a heartbeat: a paused request thread lives on.
+        pytest.param(
+            ("--worker-class", "gthread", "--threads", "2"), False, id="gthread"
+        ),
+    ],
+)
+def test_short_worker_timeout_warned_at_start_up(
+    debug_server: t.Callable[..., ServerProcess], worker: tuple[str, ...], warned: bool
+) -> None:
+    server = debug_server(*worker, "--workers", "1", "--timeout", "30")
+    enabled_line(server)  # the warning, if any, is logged right after it
+    # The fixture waited for the worker's post_worker_init: start-up is over.
+    warnings = events(server, "debugger_short_timeout")
+    if not warned:
+        assert warnings == [], warnings
+        return
+    (warning,) = warnings
+    assert warning["timeout_s"] == 30
+    assert warning["server_timeout"] == "--timeout 30, SyncWorker"
+    assert warning["message"].startswith(
+        "gunicorn --timeout 30, SyncWorker (from the running worker): the worker"
+        " is killed at most 30 s after the request started"
+    )
+    fix = "gunicorn --worker-class sync --workers 1 --timeout 3600"
+    assert fix in warning["message"]
 
 
 def raw_get(
