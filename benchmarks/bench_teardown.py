@@ -13,7 +13,9 @@ closed):
   around it, no engine watched (its cost in every default stack);
 - **check, engine watched**: the same with the engine watched (and the
   scoped_session, for the session variant): the issue's target is at most
-  5 % over **bare**.
+  5 % over **bare**;
+- **Diag, nothing watched** / **Diag, engine watched**: the whole default
+  stack, without and with the engine watched: what watching adds as used.
 
     python benchmarks/bench_teardown.py            # full run, prints a table
     python benchmarks/bench_teardown.py --quick    # a smoke run (SQLite)
@@ -40,11 +42,13 @@ from sqlalchemy import text
 from sqlalchemy.orm import scoped_session
 from sqlalchemy.orm import sessionmaker
 
+from flask_diag import Diag
 from flask_diag.teardown import TeardownCheck
 
 
 def make_app(engine: Engine, mode: str, kind: str) -> Flask:
-    """``mode``: bare, nothing, watched; ``kind``: connect, session."""
+    """``mode``: bare, nothing, watched, diag, "diag, watched"; ``kind``:
+    connect, session."""
     app = Flask("bench_teardown")
     db_session = scoped_session(sessionmaker(bind=engine))
 
@@ -65,7 +69,13 @@ def make_app(engine: Engine, mode: str, kind: str) -> Flask:
         def index() -> str:
             return str(db_session.execute(text("SELECT 1")).scalar_one())
 
-    if mode != "bare":
+    if mode.startswith("diag"):
+        diag = Diag(app)  # the whole default stack
+        if mode == "diag, watched":
+            diag.watch_engine(engine)
+            if kind == "session":
+                diag.watch_session(db_session)
+    elif mode != "bare":
         check = TeardownCheck(app.wsgi_app)
         if mode == "watched":
             check.watch_engine(engine)
@@ -80,11 +90,16 @@ def run(url: str, rounds: int, n: int) -> dict[str, dict[str, float]]:
     results = {}
     for kind in ("connect", "session"):
         # One engine per variant: listeners on one must not slow another.
-        engines = {mode: create_engine(url) for mode in ("bare", "nothing", "watched")}
+        modes = {
+            "bare": "bare",
+            "check, nothing watched": "nothing",
+            "check, engine watched": "watched",
+            "Diag, nothing watched": "diag",
+            "Diag, engine watched": "diag, watched",
+        }
+        engines = {mode: create_engine(url) for mode in modes.values()}
         apps = {
-            "bare": make_app(engines["bare"], "bare", kind),
-            "check, nothing watched": make_app(engines["nothing"], "nothing", kind),
-            "check, engine watched": make_app(engines["watched"], "watched", kind),
+            name: make_app(engines[mode], mode, kind) for name, mode in modes.items()
         }
         # The warm-up also fills each engine's pool.
         results[f"one query ({kind})"] = best_of_apps(apps, rounds, n)
