@@ -32,6 +32,9 @@ from .errors import init_flask
 from .settings import Settings
 from .stack import build_stack
 
+if t.TYPE_CHECKING:
+    from .teardown import Watch
+
 __all__ = ["Diag"]
 
 
@@ -47,6 +50,8 @@ class Diag:
         Settings.load(options, environ={})
         self._options = dict(options)
         self._exception_map = ExceptionMap()
+        #: The teardown check's engines and sessions (made when first used).
+        self._teardown_watch: Watch | None = None
         self._settings: weakref.WeakKeyDictionary[Flask, Settings] = (
             weakref.WeakKeyDictionary()
         )

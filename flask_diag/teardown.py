@@ -68,7 +68,6 @@ from __future__ import annotations
 import dataclasses
 import threading
 import typing as t
-import weakref
 from threading import get_ident
 
 from . import sentry
@@ -268,7 +267,6 @@ class Watch:
         self.active = True
 
 
-_diag_watches: weakref.WeakKeyDictionary[object, Watch] = weakref.WeakKeyDictionary()
 _diag_lock = threading.Lock()
 
 
@@ -280,10 +278,9 @@ def _watch_of(target: object) -> Watch | None:
         return target
     if isinstance(target, Diag):
         with _diag_lock:
-            watch = _diag_watches.get(target)
-            if watch is None:
-                watch = _diag_watches[target] = Watch()
-            return watch
+            if target._teardown_watch is None:
+                target._teardown_watch = Watch()
+            return target._teardown_watch
     check = _find_check(target)
     return check.watch if check is not None else None
 
