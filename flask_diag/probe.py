@@ -39,7 +39,6 @@ class ProbeResult:
     """What the answers of one probe said."""
 
     url: str
-    sent: int = 0
     #: Responses by status code.
     statuses: collections.Counter[int] = dataclasses.field(
         default_factory=collections.Counter
@@ -61,6 +60,11 @@ class ProbeResult:
     #: With ``session=True``: the cookies the client kept.
     cookies: list[str] = dataclasses.field(default_factory=list)
     session: bool = False
+
+    @property
+    def sent(self) -> int:
+        """Requests sent: each one was answered or failed."""
+        return self.answered + sum(self.errors.values())
 
     @property
     def answered(self) -> int:
@@ -211,7 +215,6 @@ def probe(
             cookie = "; ".join(f"{k}={m.value}" for k, m in jar.items()) or None
         answer = _one(url, timeout, method, cookie if session else None)
         with lock:
-            result.sent += 1
             if isinstance(answer, str):
                 result.errors[answer] += 1
                 return

@@ -23,6 +23,7 @@ wait for a client before it.
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import sys
@@ -156,22 +157,39 @@ def _gunicorn_timer() -> KillTimer | None:
     )
 
 
+class _GunicornParser(argparse.ArgumentParser):
+    def error(self, message: str) -> t.NoReturn:
+        # argparse prints usage and exits; a caller here wants an exception.
+        raise ValueError(message)
+
+
+def parse_gunicorn_args(args: list[str]) -> argparse.Namespace:
+    """The gunicorn options flask_diag reads, parsed as gunicorn parses them
+    (``-t 45``, ``--timeout=7``, ``-t90``; the last one wins); other
+    arguments are ignored. Shared with :mod:`flask_diag.doctor`.
+
+    :raises ValueError: for a value gunicorn refuses (``-w four``), naming it.
+    """
+    parser = _GunicornParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    parser.add_argument("-w", "--workers", type=int)
+    parser.add_argument("-k", "--worker-class", dest="worker_class")
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("-t", "--timeout", type=float)
+    parser.add_argument("-c", "--config")
+    parser.add_argument("--certfile")
+    try:
+        known, _ = parser.parse_known_args(args)
+    except argparse.ArgumentError as exc:
+        raise ValueError(str(exc)) from None
+    return known
+
+
 def _timeout_from_args(args: list[str]) -> float | None:
-    found = None
-    for i, arg in enumerate(args):
-        value = None
-        if arg in ("-t", "--timeout") and i + 1 < len(args):
-            value = args[i + 1]
-        elif arg.startswith("--timeout="):
-            value = arg.split("=", 1)[1]
-        elif arg.startswith("-t") and arg[2:].isdigit():
-            value = arg[2:]
-        if value is not None:
-            try:
-                found = float(value)  # the last one wins, as with argparse
-            except ValueError:
-                pass
-    return found
+    try:
+        timeout: float | None = parse_gunicorn_args(args).timeout
+    except ValueError:
+        return None  # gunicorn would not have started with it
+    return timeout
 
 
 def _uwsgi_timer(uwsgi: t.Any, info: RequestInfo | None) -> KillTimer | None:

@@ -518,13 +518,13 @@ def test_parse_commands(
     capacity: int | None,
 ) -> None:
     spec = server_checks.parse(command)
-    assert (spec.server, spec.workers, spec.threads, spec.timeout, spec.capacity) == (
-        server,
-        workers,
-        threads,
-        timeout,
-        capacity,
-    )
+    assert (
+        spec.server,
+        spec.workers,
+        spec.threads,
+        spec.timeout,
+        spec.profile.capacity,
+    ) == (server, workers, threads, timeout, capacity)
 
 
 def test_parse_gunicorn_config_without_running_it(tmp_path: Path) -> None:
@@ -563,6 +563,24 @@ def test_parse_uwsgi_ini(tmp_path: Path) -> None:
 def test_parse_refuses(command: str) -> None:
     with pytest.raises(ServerSpecError):
         server_checks.parse(command)
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (
+            "gunicorn -w four app:app",
+            "argument -w/--workers: invalid int value: 'four'",
+        ),
+        ("gunicorn --threads=x app:app", "argument --threads: invalid int value: 'x'"),
+        ("gunicorn app:app -t", "argument -t/--timeout: expected one argument"),
+    ],
+)
+def test_parse_refuses_bad_gunicorn_values(command: str, message: str) -> None:
+    # A ServerSpecError naming the option, not argparse's usage and exit.
+    with pytest.raises(ServerSpecError) as caught:
+        server_checks.parse(command)
+    assert str(caught.value) == f"--server {command!r}: {message}"
 
 
 def server_ids(

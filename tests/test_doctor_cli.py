@@ -17,18 +17,14 @@ import typing as t
 from pathlib import Path
 
 import pytest
+from servers import EXAMPLES
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "examples"
 TIMEOUT = 60
 
 
 def environment(**extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not (k == "FLASK_DIAG" or k.startswith("FLASK_DIAG_"))
-    }
+    # conftest's autouse fixture has already removed FLASK_DIAG* variables.
+    env = dict(os.environ)
     env.pop("WERKZEUG_DEBUG_PIN", None)
     env["SECRET_KEY"] = secrets.token_hex()
     env["PYTHONDONTWRITEBYTECODE"] = "1"
@@ -142,8 +138,18 @@ PITFALLS = [
         "app:app",
         (),
         [
-            ("DIAG017", "error", "app.py", 78),
-            ("DIAG016", "warning", "app.py", 93),
+            (
+                "DIAG017",
+                "error",
+                "app.py",
+                line_of("pitfall6_session/app.py", "session = SessionLocal()"),
+            ),
+            (
+                "DIAG016",
+                "warning",
+                "app.py",
+                line_of("pitfall6_session/app.py", "_kept: list[t.Any] = []"),
+            ),
         ],
         id="pitfall6",
     ),
@@ -336,3 +342,16 @@ def test_unknown_module_is_a_usage_error() -> None:
     result = run("check", "nowhere:app", "--chdir", "pitfall7_cars")
     assert result.returncode == 2
     assert "no module named 'nowhere'" in result.stderr
+
+
+def test_bad_server_option_is_a_usage_error() -> None:
+    result = run(
+        "check", "app:app", "--chdir", "pitfall7_cars", "--server", "gunicorn -w four"
+    )
+    # Not the hidden gunicorn parser's usage text and exit (also status 2).
+    assert result.returncode == 2
+    assert "usage:" not in result.stderr
+    assert (
+        "python -m flask_diag check: error: --server 'gunicorn -w four': "
+        "argument -w/--workers: invalid int value: 'four'"
+    ) in result.stderr

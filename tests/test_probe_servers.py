@@ -35,7 +35,7 @@ def test_four_workers_show_several_pids(gunicorn_server) -> None:  # type: ignor
     server = gunicorn_server("app:app", "-w", "4", cwd=CARS)
     status, data = probe(server.url + "/cars", "-n", "80", "--timeout", "5")
     assert status == 0
-    assert data["answered"] == 80
+    assert data["sent"] == data["answered"] == 80
     assert data["statuses"] == {"200": 80}
     pids = data["pids"]
     assert isinstance(pids, dict)
@@ -89,5 +89,6 @@ def test_nothing_listening_is_bounded() -> None:
         f"http://127.0.0.1:{free_port()}/", "-n", "5", "--timeout", "1"
     )
     assert status == 1
+    assert data["sent"] == 5
     assert data["answered"] == 0
     assert data["errors"] == {"ConnectionRefusedError": 5}

@@ -283,8 +283,6 @@ CHECKS: dict[str, Check] = {check.id: check for check in _TABLE}
 class Finding:
     """One problem found: which check, what exactly, where, and the fix."""
 
-    #: The level's index in :data:`LEVELS` (0 is the most severe).
-    rank: int = dataclasses.field(repr=False)
     file: str | None
     line: int | None
     id: str
@@ -300,18 +298,16 @@ class Finding:
         *,
         file: str | None = None,
         line: int | None = None,
-        fix: str | None = None,
     ) -> Finding:
-        """A finding of check ``check_id`` (its level and default fix)."""
+        """A finding of check ``check_id`` (its level and fix)."""
         check = CHECKS[check_id]
         return cls(
-            rank=LEVELS.index(check.level),
             file=file,
             line=line,
             id=check_id,
             level=check.level,
             message=message,
-            fix=fix or check.fix,
+            fix=check.fix,
         )
 
     @property
@@ -323,7 +319,8 @@ class Finding:
 
     def sort_key(self) -> tuple[int, str, int, str, str]:
         """Errors first, then by file, line and id: a stable order."""
-        return (self.rank, self.file or "", self.line or 0, self.id, self.message)
+        rank = LEVELS.index(self.level)  # 0 is the most severe
+        return (rank, self.file or "", self.line or 0, self.id, self.message)
 
     def as_dict(self) -> dict[str, object]:
         """The JSON form (see the docs page for the schema)."""

@@ -43,8 +43,6 @@ class LoadedApp:
     wsgi: t.Any
     #: The Flask app in that chain (``None`` for another framework).
     flask_app: t.Any
-    #: The module named by the import string.
-    module: types.ModuleType
     #: The directory the app's code lives in (its top-level package or the
     #: module's directory): where deployment files are looked for.
     root: Path
@@ -212,4 +210,4 @@ def load(spec: str, *, chdir: str | os.PathLike[str] | None = None) -> LoadedApp
     flask_app = find_flask(wsgi)
     extra = [flask_app.import_name] if flask_app is not None else []
     root, files = own_files(module, extra)
-    return LoadedApp(wsgi, flask_app, module, root, files)
+    return LoadedApp(wsgi, flask_app, root, files)

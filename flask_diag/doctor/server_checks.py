@@ -19,12 +19,11 @@
 facts of the runtime and static checks::
 
     spec = parse("gunicorn -w 4 --timeout 30 app:app")
-    spec.capacity            # 4
+    spec.profile.capacity    # 4
 """
 
 from __future__ import annotations
 
-import argparse
 import ast
 import configparser
 import dataclasses
@@ -33,6 +32,8 @@ import re
 import shlex
 from pathlib import Path
 
+from ..server import ServerProfile
+from ..worker_timeout import parse_gunicorn_args
 from .findings import Finding
 from .runtime_checks import RuntimeResult
 from .static_checks import StaticResult
@@ -66,33 +67,15 @@ class ServerSpec:
     lines: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
-    def capacity(self) -> int | None:
-        """Requests served at once, when bounded and known."""
-        if self.workers is None or self.threads is None:
-            return None
-        return self.workers * self.threads
-
-    def describe(self) -> str:
-        """The server model in words (see :class:`flask_diag.server.ServerProfile`)."""
-        from ..server import ServerProfile
-
+    def profile(self) -> ServerProfile:
+        """The server model as a :class:`~flask_diag.server.ServerProfile`
+        (its ``capacity``, ``describe()``)."""
         return ServerProfile(
             self.server,
             worker_class=self.worker_class,
             workers=self.workers,
             threads=self.threads,
-        ).describe()
-
-
-def _gunicorn_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    parser.add_argument("-w", "--workers", type=int)
-    parser.add_argument("-k", "--worker-class", dest="worker_class")
-    parser.add_argument("--threads", type=int)
-    parser.add_argument("-t", "--timeout", type=float)
-    parser.add_argument("-c", "--config")
-    parser.add_argument("--certfile")
-    return parser
+        )
 
 
 def _gunicorn_file(path: Path, spec: ServerSpec) -> None:
@@ -252,7 +235,10 @@ def parse(value: str, *, cwd: str | os.PathLike[str] | None = None) -> ServerSpe
             return ServerSpec("werkzeug", workers=1, threads=None)
         raise ServerSpecError(f"--server {value!r}: not a server command")
     if program == "gunicorn":
-        known, _ = _gunicorn_parser().parse_known_args(rest)
+        try:
+            known = parse_gunicorn_args(rest)
+        except ValueError as exc:
+            raise ServerSpecError(f"--server {value!r}: {exc}") from None
         spec = ServerSpec("gunicorn")
         if known.config:
             config = base / known.config
@@ -310,8 +296,9 @@ def check(
             workers_key,
         )
     own_calls = [f for f in static.findings if f.id in ("DIAG020", "DIAG021")]
-    if spec.capacity == 1:
-        model = spec.describe()
+    profile = spec.profile
+    if profile.capacity == 1:
+        model = profile.describe()
         if own_calls:
             places = ", ".join(f.location for f in own_calls)
             add(
