@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_pdb(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from .pdb_client import DEFAULT_HOST
+    from .pdb_client import DEFAULT_PORT
     from .pdb_client import HISTORY_FILE
 
     parser = commands.add_parser(
@@ -48,9 +49,11 @@ def _add_pdb(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "port",
         nargs="?",
         type=int,
-        help="the port (default: $FLASK_DIAG_PDB_PORT, else 4444)",
+        help=f"the port (default: $FLASK_DIAG_PDB_PORT, else {DEFAULT_PORT})",
     )
-    parser.add_argument("--host", default=DEFAULT_HOST, help="default: %(default)s")
+    parser.add_argument(
+        "--host", help=f"default: $FLASK_DIAG_PDB_HOST, else {DEFAULT_HOST}"
+    )
     parser.add_argument(
         "--once", action="store_true", help="exit after the first session"
     )

@@ -16,6 +16,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from .pdb_client import DEFAULT_HOST
 from .probe import MAX_CONCURRENCY
 from .probe import MAX_REQUESTS
 from .settings import OPTIONS
@@ -41,10 +42,14 @@ def settings_command() -> None:
 
 @diag_cli.command("pdb", with_appcontext=False)
 @click.argument("port", type=click.IntRange(1, 65535), required=False)
-@click.option("--host", default="127.0.0.1", show_default=True, help="Its address.")
+@click.option(
+    "--host", help=f"Its address (default: $FLASK_DIAG_PDB_HOST, else {DEFAULT_HOST})."
+)
 @click.option("--once", is_flag=True, help="Exit after the first session.")
 @click.option("--wait", type=float, help="Give up after SECONDS without a session.")
-def pdb_command(port: int | None, host: str, once: bool, wait: float | None) -> None:
+def pdb_command(
+    port: int | None, host: str | None, once: bool, wait: float | None
+) -> None:
     """Attach to a remote pdb session (flask_diag.set_trace), with line
     editing, history, and reconnection to the next breakpoint."""
     from .pdb_client import attach

@@ -84,6 +84,7 @@ from .exceptions import DiagConfigError
 from .exceptions import DiagWarning
 from .internal import logger
 from .internal import report_internal_error
+from .pdb_client import DEFAULT_HOST
 from .server import format_address
 from .settings import Settings
 from .signals import pdb_session_ended
@@ -717,7 +718,7 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 def _attach_command(host: str, port: int) -> str:
-    option = "" if host == "127.0.0.1" else f" --host {host}"
+    option = "" if host == DEFAULT_HOST else f" --host {host}"
     return f"python -m flask_diag pdb {port}{option}  (or: nc {host} {port})"
 
 

@@ -40,12 +40,16 @@ import sys
 import time
 import typing as t
 
+from .exceptions import DiagConfigError
 from .server import format_address
+from .settings import OPTIONS
+from .settings import Settings
 
 __all__ = ["attach", "DEFAULT_HOST", "DEFAULT_PORT", "HISTORY_FILE"]
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 4444
+#: The remote pdb's defaults (:attr:`Settings.pdb_host`, :attr:`Settings.pdb_port`).
+DEFAULT_HOST = Settings().pdb_host
+DEFAULT_PORT = Settings().pdb_port
 #: Where the command history is kept (mode 0600: it may hold secrets).
 HISTORY_FILE = "~/.flask_diag_pdb_history"
 #: Seconds between connection attempts while no breakpoint listens.
@@ -59,7 +63,7 @@ _QUIET = 0.2
 def attach(
     port: int | None = None,
     *,
-    host: str = DEFAULT_HOST,
+    host: str | None = None,
     once: bool = False,
     wait: float | None = None,
     history: str | None = HISTORY_FILE,
@@ -67,6 +71,7 @@ def attach(
     """Attach to remote pdb sessions on ``host:port``; the exit status.
 
     :param port: default ``FLASK_DIAG_PDB_PORT``, else 4444.
+    :param host: default ``FLASK_DIAG_PDB_HOST``, else ``127.0.0.1``.
     :param once: return after the first session instead of waiting for the
         next breakpoint.
     :param wait: give up (status 1) when no breakpoint listens within this
@@ -75,14 +80,28 @@ def attach(
 
     The session goes to ``sys.stdout`` and reads ``sys.stdin`` through
     :func:`input` (line editing when both are a terminal); status lines go to
-    ``sys.stderr``.
+    ``sys.stderr``. An invalid ``FLASK_DIAG_PDB_*`` variable is status 2.
     """
     out, err = sys.stdout, sys.stderr
+    # Only the variables of what was not given: validated as the worker does.
+    wanted = [OPTIONS["pdb_host"].env] if host is None else []
     if port is None:
-        try:
-            port = int(os.environ.get("FLASK_DIAG_PDB_PORT") or DEFAULT_PORT)
-        except ValueError:
-            err.write("FLASK_DIAG_PDB_PORT is not a port number; give the port\n")
+        wanted.append(OPTIONS["pdb_port"].env)
+    environ = {key: os.environ[key] for key in wanted if key in os.environ}
+    try:
+        settings = Settings.load(environ=environ)
+    except DiagConfigError as exc:
+        err.write(f"{exc}\n")
+        return 2
+    if host is None:
+        host = settings.pdb_host
+    if port is None:
+        port = settings.pdb_port
+        if port == 0:
+            err.write(
+                f"{OPTIONS['pdb_port'].env}=0 listens on any free port: give the"
+                " port the breakpoint's log line names\n"
+            )
             return 2
     history_path = os.path.expanduser(history) if history else None
     readline = _load_history(history_path)

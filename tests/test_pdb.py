@@ -24,12 +24,14 @@ from pathlib import Path
 
 import pytest
 import structlog
+from flask import copy_current_request_context
 from flask import Flask
 from servers import free_port
 
 import flask_diag
 import flask_diag.pdb as remote_pdb
 from flask_diag import DiagConfigError
+from flask_diag import pdb_client
 from flask_diag import Settings
 from flask_diag.context import RequestInfo
 from flask_diag.pdb import ForgottenBreakpointWarning
@@ -579,10 +581,25 @@ def test_header_follows_the_banner(pdb_env: int) -> None:
 # -- one session per process ------------------------------------------------------
 
 
-def test_a_busy_process_skips_with_skip(
-    pdb_env: int, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("variable", "value", "reason"),
+    [
+        pytest.param(
+            "FLASK_DIAG_PDB_BUSY", "skip", "FLASK_DIAG_PDB_BUSY=skip", id="skip"
+        ),
+        pytest.param(
+            "FLASK_DIAG_PDB_WAIT", "0.3", "did not end within 0.3 s", id="after-waiting"
+        ),
+    ],
+)
+def test_a_busy_process_skips(
+    pdb_env: int,
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    value: str,
+    reason: str,
 ) -> None:
-    monkeypatch.setenv("FLASK_DIAG_PDB_BUSY", "skip")
+    monkeypatch.setenv(variable, value)
     with capture_logs() as logs:
         first = Debugged(answer_view)
         with connect(pdb_env) as sock:
@@ -596,7 +613,7 @@ def test_a_busy_process_skips_with_skip(
         assert first.join() == {"answer": 1, "doubled": 2}
     (skipped,) = events(logs, "remote pdb busy: breakpoint skipped")
     assert skipped["busy_thread"] == "debugged"
-    assert "FLASK_DIAG_PDB_BUSY=skip" in skipped["reason"]
+    assert reason in skipped["reason"]
 
 
 def test_a_busy_process_waits_then_gets_its_own_session(pdb_env: int) -> None:
@@ -617,23 +634,6 @@ def test_a_busy_process_waits_then_gets_its_own_session(pdb_env: int) -> None:
             sock.sendall(b"c\n")
             read_to_end(sock)
         assert second.join() == {"answer": 7, "doubled": 14}
-
-
-def test_a_busy_process_skips_after_waiting(
-    pdb_env: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("FLASK_DIAG_PDB_WAIT", "0.3")
-    with capture_logs() as logs:
-        first = Debugged(answer_view)
-        with connect(pdb_env) as sock:
-            first_stop(sock)
-            second = Debugged(answer_view)
-            assert second.join() == {"answer": 1, "doubled": 2}
-            sock.sendall(b"c\n")
-            read_to_end(sock)
-        first.join()
-    (skipped,) = events(logs, "remote pdb busy: breakpoint skipped")
-    assert "did not end within 0.3 s" in skipped["reason"]
 
 
 # -- the server's kill timer ------------------------------------------------------
@@ -682,6 +682,13 @@ def test_gunicorn_timeout_read_from_the_running_worker(
         pytest.param(["gunicorn", "-t90", "app:app"], "--timeout 5", 90.0, id="argv"),
         pytest.param(["gunicorn", "app:app"], "--timeout 5", 5.0, id="env"),
         pytest.param(["gunicorn", "app:app"], "", 30.0, id="default"),
+        pytest.param(
+            ["gunicorn", "-t", "5", "app:app", "-t", "60"], "", 60.0, id="last-wins"
+        ),
+        # A value gunicorn refuses: no SystemExit from the parser, the next
+        # source instead.
+        pytest.param(["gunicorn", "-t", "soon", "app:app"], "-t 5", 5.0, id="bad"),
+        pytest.param(["gunicorn", "app:app", "-t"], "--timeout=x", 30.0, id="bad-env"),
     ],
 )
 def test_gunicorn_timeout_from_the_command_line(
@@ -728,12 +735,20 @@ def test_wait_is_shortened_before_the_worker_is_killed(
 
 
 def test_request_info_is_found_in_a_flask_request(pdb_env: int) -> None:
+    """Through Flask's request context: in a copy_current_request_context
+    thread no frame of the stack holds a WSGI ``environ``."""
     app = Flask(__name__)
     flask_diag.Diag(app)
 
     @app.get("/cart")
     def cart() -> str:
-        flask_diag.set_trace()
+        @copy_current_request_context
+        def checkout() -> None:
+            flask_diag.set_trace()
+
+        worker = threading.Thread(target=checkout, name="checkout")
+        worker.start()
+        worker.join(TIMEOUT)
         return "ok"
 
     def run() -> str:
@@ -742,7 +757,9 @@ def test_request_info_is_found_in_a_flask_request(pdb_env: int) -> None:
 
     debugged = Debugged(run)
     with connect(pdb_env) as sock:
-        assert "request: cart-1 GET /cart" in first_stop(sock)
+        banner = first_stop(sock)
+        assert "request: cart-1 GET /cart" in banner
+        assert "*** thread:  checkout" in banner
         sock.sendall(b"c\n")
         read_to_end(sock)
     assert debugged.join() == "ok"
@@ -794,6 +811,78 @@ def test_client_ctrl_d_detaches(pdb_env: int, tmp_path: Path) -> None:
     assert client.returncode == 0, client.stderr
     assert "detached" in client.stderr
     assert debugged.join() == {"answer": 1, "doubled": 2}
+
+
+def test_client_reads_host_and_port_from_the_environment(
+    pdb_env: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No port, no ``--host``: the worker's FLASK_DIAG_PDB_HOST/PORT."""
+    monkeypatch.setenv("FLASK_DIAG_PDB_HOST", "localhost")  # listens on 127.0.0.1
+    debugged = Debugged(answer_view)
+    client = subprocess.run(
+        [sys.executable, "-m", "flask_diag", "pdb", "--once", "--wait", "10"],
+        input="continue\n",
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT * 2,
+        check=False,
+    )
+    assert client.returncode == 0, client.stderr
+    assert f"waiting for a breakpoint on localhost:{pdb_env} " in client.stderr
+    assert "*** flask_diag remote pdb" in client.stdout
+    assert debugged.join() == {"answer": 1, "doubled": 2}
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        pytest.param(
+            "FLASK_DIAG_PDB_PORT",
+            "nope",
+            "FLASK_DIAG_PDB_PORT='nope' is not valid: accepted values are a port"
+            " number (0 for any free port).",
+            id="port-word",
+        ),
+        pytest.param(
+            "FLASK_DIAG_PDB_PORT",
+            "65536",
+            "FLASK_DIAG_PDB_PORT='65536' is not valid",
+            id="port-high",
+        ),
+        pytest.param(
+            "FLASK_DIAG_PDB_PORT",
+            "0",
+            "FLASK_DIAG_PDB_PORT=0 listens on any free port: give the port",
+            id="port-any",
+        ),
+        pytest.param(
+            "FLASK_DIAG_PDB_HOST",
+            "example.com",
+            "FLASK_DIAG_PDB_HOST='example.com' is not valid",
+            id="host-name",
+        ),
+    ],
+)
+def test_client_refuses_an_invalid_variable(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    variable: str,
+    value: str,
+    message: str,
+) -> None:
+    monkeypatch.setenv(variable, value)
+    assert pdb_client.attach(wait=0.2, history=None) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_client_ignores_the_variables_of_what_is_given(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("FLASK_DIAG_PDB_PORT", "nope")
+    monkeypatch.setenv("FLASK_DIAG_PDB_HOST", "example.com")
+    port = free_port()
+    assert pdb_client.attach(port, host="127.0.0.1", wait=0.2, history=None) == 1
+    assert f"no breakpoint listened on 127.0.0.1:{port}" in capsys.readouterr().err
 
 
 def test_client_gives_up_after_wait() -> None:

@@ -64,6 +64,21 @@ def pdb_port() -> int:
 
 
 @pytest.fixture
+def pdb_gunicorn(
+    gunicorn_server: t.Callable[..., ServerProcess], pdb_port: int
+) -> t.Callable[..., ServerProcess]:
+    """``pdb_gunicorn(*options, **env)``: the example under gunicorn with the
+    remote pdb on ``pdb_port`` (``env`` adds to :func:`pdb_env`)."""
+
+    def start(*options: str, **env: str) -> ServerProcess:
+        return gunicorn_server(
+            "app:app", *options, env=pdb_env(pdb_port, **env), cwd=APP_DIR
+        )
+
+    return start
+
+
+@pytest.fixture
 def background() -> Iterator[ThreadPoolExecutor]:
     """Threads for the HTTP requests that wait in a breakpoint."""
     with ThreadPoolExecutor(4) as pool:
@@ -126,16 +141,11 @@ def server_lines(server: ServerProcess, event: str, count: int = 1) -> list[t.An
 
 
 def test_gunicorn_sync_session(
-    gunicorn_server: t.Callable[..., ServerProcess],
+    pdb_gunicorn: t.Callable[..., ServerProcess],
     background: ThreadPoolExecutor,
     pdb_port: int,
 ) -> None:
-    server = gunicorn_server(
-        "app:app",
-        *("-w", "1", "-k", "sync", "--timeout", "120"),
-        env=pdb_env(pdb_port),
-        cwd=APP_DIR,
-    )
+    server = pdb_gunicorn("-w", "1", "-k", "sync", "--timeout", "120")
     response = get_answer(background, server)
     fields = debug_answer_view(pdb_port)
     r = response.result(timeout=TIMEOUT)
@@ -185,15 +195,20 @@ def test_uwsgi_session_shows_harakiri(
 
 
 def test_gunicorn_gthread_one_session_per_process(
-    gunicorn_server: t.Callable[..., ServerProcess],
+    pdb_gunicorn: t.Callable[..., ServerProcess],
     background: ThreadPoolExecutor,
     pdb_port: int,
 ) -> None:
-    server = gunicorn_server(
-        "app:app",
-        *("-w", "1", "-k", "gthread", "--threads", "2", "--timeout", "30"),
-        env=pdb_env(pdb_port, FLASK_DIAG_PDB_BUSY="skip"),
-        cwd=APP_DIR,
+    server = pdb_gunicorn(
+        "-w",
+        "1",
+        "-k",
+        "gthread",
+        "--threads",
+        "2",
+        "--timeout",
+        "30",
+        FLASK_DIAG_PDB_BUSY="skip",
     )
     first = get_answer(background, server)
     with connect(pdb_port, TIMEOUT) as sock:
@@ -239,14 +254,9 @@ def test_not_enabled_the_request_completes_and_the_warning_is_logged(
 
 
 def test_nobody_attaches_the_request_completes_after_the_wait(
-    gunicorn_server: t.Callable[..., ServerProcess], pdb_port: int
+    pdb_gunicorn: t.Callable[..., ServerProcess],
 ) -> None:
-    server = gunicorn_server(
-        "app:app",
-        *("-w", "1", "--timeout", "30"),
-        env=pdb_env(pdb_port, FLASK_DIAG_PDB_WAIT="1"),
-        cwd=APP_DIR,
-    )
+    server = pdb_gunicorn("-w", "1", "--timeout", "30", FLASK_DIAG_PDB_WAIT="1")
     started = time.monotonic()
     r = requests.get(server.url + "/answer", timeout=TIMEOUT)
     assert 1 <= time.monotonic() - started < 10
@@ -256,16 +266,11 @@ def test_nobody_attaches_the_request_completes_after_the_wait(
 
 
 def test_client_disconnect_mid_session_the_request_completes(
-    gunicorn_server: t.Callable[..., ServerProcess],
+    pdb_gunicorn: t.Callable[..., ServerProcess],
     background: ThreadPoolExecutor,
     pdb_port: int,
 ) -> None:
-    server = gunicorn_server(
-        "app:app",
-        *("-w", "1", "--timeout", "120"),
-        env=pdb_env(pdb_port),
-        cwd=APP_DIR,
-    )
+    server = pdb_gunicorn("-w", "1", "--timeout", "120")
     response = get_answer(background, server)
     with connect(pdb_port, TIMEOUT) as sock:
         first_stop(sock)
@@ -285,7 +290,7 @@ def test_client_disconnect_mid_session_the_request_completes(
 
 
 def test_nc_still_works(
-    gunicorn_server: t.Callable[..., ServerProcess],
+    pdb_gunicorn: t.Callable[..., ServerProcess],
     background: ThreadPoolExecutor,
     pdb_port: int,
 ) -> None:
@@ -295,12 +300,7 @@ def test_nc_still_works(
             "nc is not installed: scripts/test.sh installs netcat-openbsd",
             pytrace=False,
         )
-    server = gunicorn_server(
-        "app:app",
-        *("-w", "1", "--timeout", "120"),
-        env=pdb_env(pdb_port),
-        cwd=APP_DIR,
-    )
+    server = pdb_gunicorn("-w", "1", "--timeout", "120")
     response = get_answer(background, server)
     server_lines(server, "remote pdb waiting for a client")
     # nc sends its input and exits only when the server closes: 'continue'.
@@ -400,7 +400,7 @@ def client_command(port: int, history: Path, *options: str) -> str:
 
 
 def test_client_in_a_terminal_history_and_clean_exit(
-    gunicorn_server: t.Callable[..., ServerProcess],
+    pdb_gunicorn: t.Callable[..., ServerProcess],
     background: ThreadPoolExecutor,
     terminal: Terminal,
     pdb_port: int,
@@ -408,12 +408,7 @@ def test_client_in_a_terminal_history_and_clean_exit(
 ) -> None:
     history = tmp_path / "history"
     history.write_text("p 6 * 7\n")  # from an earlier session
-    server = gunicorn_server(
-        "app:app",
-        *("-w", "1", "--timeout", "120"),
-        env=pdb_env(pdb_port),
-        cwd=APP_DIR,
-    )
+    server = pdb_gunicorn("-w", "1", "--timeout", "120")
     # The client starts first and waits for the breakpoint to listen.
     terminal.start(client_command(pdb_port, history, "--once"))
     terminal.wait_for(lambda s: "waiting for a breakpoint" in s)
@@ -447,18 +442,13 @@ def test_client_in_a_terminal_history_and_clean_exit(
 
 
 def test_client_in_a_terminal_reconnects_to_the_next_breakpoint(
-    gunicorn_server: t.Callable[..., ServerProcess],
+    pdb_gunicorn: t.Callable[..., ServerProcess],
     background: ThreadPoolExecutor,
     terminal: Terminal,
     pdb_port: int,
     tmp_path: Path,
 ) -> None:
-    server = gunicorn_server(
-        "app:app",
-        *("-w", "1", "--timeout", "120"),
-        env=pdb_env(pdb_port),
-        cwd=APP_DIR,
-    )
+    server = pdb_gunicorn("-w", "1", "--timeout", "120")
     terminal.start(client_command(pdb_port, tmp_path / "history"))
     first = get_answer(background, server)
     terminal.wait_for_prompt()
