@@ -127,12 +127,14 @@ from .problem import DiagHTTPError
 from .server import Backlog
 from .server import detect
 from .server import ENVIRON_KEY as SERVER_KEY
+from .server import format_address
 from .server import ServerProfile
 from .settings import Settings
 from .signals import loopback_detected
 from .signals import send_safely
 from .watchdog import monitor
 from .watchdog import request_info_of
+from .watchdog import waits_in_socket
 
 if t.TYPE_CHECKING:
     from types import FrameType
@@ -181,8 +183,9 @@ _CLIENT_PACKAGES = frozenset(
         "wrapt",
     }
 )
-# Where the innermost frame of a thread is when it waits on a socket.
-_SOCKET_WAIT_MODULES = frozenset({"socket", "ssl", "selectors", "select"})
+# Where, besides the socket layer, the innermost frame of a thread can be when
+# it waits on a socket: httpx's backends, async clients' event loops.
+_SOCKET_WAIT_PREFIXES = ("httpcore._backends", "anyio.", "asyncio.")
 _URL_START = re.compile(r"(?i)\b(?:https?|wss?)://")
 _URL_BODY = re.compile(r"[^\s\"'<>\\`{}|^]+")
 _URL_TRAILING = ".,;:!?)]}*"
@@ -246,13 +249,7 @@ class LoopbackDeadlockError(DiagHTTPError):
 
     def copy(self) -> LoopbackDeadlockError:
         """A new exception with the same message, to raise once more."""
-        return LoopbackDeadlockError(
-            self.detail,
-            hint=self.hint,
-            outbound=self.outbound,
-            own_url=self.own_url,
-            server_model=self.server_model,
-        )
+        return _rebuild(*self.__reduce__()[1])
 
 
 def _rebuild(*args: t.Any) -> LoopbackDeadlockError:
@@ -303,20 +300,19 @@ def _plan_for(profile: ServerProfile) -> _Plan | None:
 class _Outbound:
     """One outbound socket of a guarded request."""
 
-    __slots__ = ("sock", "peer")
+    __slots__ = ("sock", "peer", "host")
 
-    def __init__(self, sock: socket.socket, peer: str) -> None:
+    def __init__(self, sock: socket.socket, peer: str, host: str) -> None:
         self.sock = weakref.ref(sock)  # never keeps the client's socket alive
         self.peer = peer
+        #: The peer's address (an IP) or, for ``unix``, its path.
+        self.host = host
 
     def alive(self) -> socket.socket | None:
         sock = self.sock()
         if sock is None or sock.fileno() == -1:
             return None
         return sock
-
-
-_new_guarded = object.__new__
 
 
 class _Guarded:
@@ -390,7 +386,7 @@ class _Guarded:
             if sock.type != socket.SOCK_STREAM:
                 return  # UDP: a DNS resolver, not HTTP
             host, port = address[0], address[1]
-            peer = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+            peer = format_address(address[0], address[1])
         else:
             return
         plan = self.plan
@@ -408,7 +404,7 @@ class _Guarded:
             self.outbound = []
             if plan.blocking:
                 monitor.wake()  # polls while this request waits
-        self.outbound.append(_Outbound(sock, peer))
+        self.outbound.append(_Outbound(sock, peer, str(host)))
         if plan.blocking:
             call = _ClientCall.find(sys._getframe(2))
             if call is not None:
@@ -841,7 +837,7 @@ def _check_callbacks(now: float) -> float | None:
     backlogs: dict[int, Backlog] = {}
     for guarded in waiting:
         frame = frames.get(guarded.ident)
-        if frame is None or not _waits_on_socket(frame):
+        if frame is None or not waits_in_socket(frame, _SOCKET_WAIT_PREFIXES):
             guarded.backlog_since = None
             continue
         profile = guarded.plan.profile
@@ -863,15 +859,6 @@ def _check_callbacks(now: float) -> float | None:
     return _POLL
 
 
-def _waits_on_socket(frame: FrameType) -> bool:
-    module = frame.f_globals.get("__name__", "")
-    if not isinstance(module, str):
-        return False
-    return module in _SOCKET_WAIT_MODULES or module.startswith(
-        ("httpcore._backends", "anyio.", "asyncio.")
-    )
-
-
 def _report_callback(
     guarded: _Guarded, frame: FrameType, backlog: Backlog, waited: float
 ) -> None:
@@ -881,7 +868,7 @@ def _report_callback(
     peer = open_calls[-1][0].peer if open_calls else "another server"
     call = _ClientCall.find(frame)  # the client's frames, from the innermost
     outbound = call.describe(peer) if call is not None else f"a call to {peer}"
-    peer_hosts = {out.peer.rsplit(":", 1)[0].strip("[]") for out, _ in open_calls}
+    peer_hosts = {out.host for out, _ in open_calls}
     from_peer = bool(backlog.peers & peer_hosts)
     strict = guarded.guard.mode == "strict" and plan.blocking
     action = "broken" if strict else "warned"
@@ -978,11 +965,6 @@ class LoopbackGuard:
         # worker makes its own.
         self._plan_pid = -1
 
-    @property
-    def profile(self) -> ServerProfile | None:
-        """The server profile of this process, once a request was served."""
-        return self._profile if self._plan_pid == _context._pid else None
-
     def _make_plan(self, environ: WSGIEnvironment) -> _Plan | None:
         try:
             profile = self._fixed_profile or detect(environ, frame=sys._getframe(2))
@@ -1023,16 +1005,10 @@ class LoopbackGuard:
                 return self.app(environ, start_response)
             finally:
                 _requests.pop(ident, None)  # (absent in a child the view forked)
-        # A capacity-1 server: the request's error becomes the answer. Made
-        # here, without a call to ``_Guarded.__init__``: every request of
-        # such a server comes through.
-        guarded = _new_guarded(_Guarded)
-        guarded.guard = self
-        guarded.plan = plan
-        guarded.environ = environ
-        guarded.server_start_response = start_response
-        guarded.ident = ident
-        _requests[ident] = guarded
+        # A capacity-1 server: the request's error becomes the answer.
+        guarded = _requests[ident] = _Guarded(
+            self, plan, environ, start_response, ident
+        )
         try:
             return self.app(environ, guarded.start_response)
         except Exception as exc:

@@ -89,6 +89,7 @@ __all__ = ["Monitor", "Watchdog", "monitor", "request_info_of", "under_watch"]
 
 # The longest the monitor sleeps when nothing asks for sooner.
 _IDLE = 1.0
+# Where the innermost frame of a thread is when it waits in a socket call.
 _SOCKET_MODULES = frozenset({"socket", "ssl", "selectors", "select"})
 
 
@@ -168,9 +169,6 @@ _Watched: t.TypeAlias = "tuple[WSGIEnvironment, float, float]"
 #: The request last reported, per thread: each is reported once.
 _reported: dict[int, float] = {}
 _shortest_limit = _IDLE * 4
-# How far up a thread's stack the monitor looks for a watched request: the
-# watchdog's frame is near the bottom, so past any recursion limit in use.
-_MAX_DEPTH = 1_000_000
 
 
 def _after_fork() -> None:
@@ -201,15 +199,14 @@ def under_watch(
         frames = sys._current_frames()
     for ident, frame in frames.items():
         watched = None
-        depth = 0
+        # The whole stack: the watchdog's frame is near its bottom.
         current: FrameType | None = frame
-        while current is not None and depth < _MAX_DEPTH:
+        while current is not None:
             if current.f_code is _CALL_CODE:
                 # Wrapped twice: the outermost watchdog that is on counts
                 # (one that is off returns before setting ``started``).
                 watched = _watched_by(current) or watched
             current = current.f_back
-            depth += 1
         if watched is not None:
             found[ident] = watched
     return found
@@ -270,17 +267,24 @@ def request_info_of(environ: WSGIEnvironment, ident: int) -> RequestInfo:
     return info
 
 
+def waits_in_socket(
+    frame: FrameType, prefixes: tuple[str, ...] = ("httpcore._backends",)
+) -> bool:
+    """Whether ``frame``, a thread's innermost, waits in a socket call: it
+    runs in the socket layer (``socket``, ``ssl``, ``selectors``,
+    ``select``) or in a module whose name starts with one of ``prefixes``.
+    Shared with the loopback guard's callback detector."""
+    module = frame.f_globals.get("__name__", "")
+    return isinstance(module, str) and (
+        module in _SOCKET_MODULES or module.startswith(prefixes)
+    )
+
+
 def _blocked_socket(
     frame: FrameType | None, profile: ServerProfile | None
 ) -> tuple[bool, str | None, bool]:
     """``(waits in a socket call, its peer, the peer is this server)``."""
-    if frame is None:
-        return False, None, False
-    module = frame.f_globals.get("__name__", "")
-    in_socket = isinstance(module, str) and (
-        module in _SOCKET_MODULES or module.startswith("httpcore._backends")
-    )
-    if not in_socket:
+    if frame is None or not waits_in_socket(frame):
         return False, None, False
     depth = 0
     while frame is not None and depth < 12:
