@@ -32,6 +32,7 @@ from flask import Flask
 from flask import request
 from flask import Response
 from flask import stream_with_context
+from werkzeug.test import create_environ
 
 import flask_diag
 from flask_diag import Diag
@@ -338,6 +339,32 @@ def test_error_wrapped_by_the_app_still_answers_loopback_deadlock(busy: Busy) ->
     assert response.get_json()["code"] == "loopback_deadlock"
 
 
+def test_error_wrapped_and_raised_through_the_guard_is_raised_as_ours(
+    busy: Busy,
+) -> None:
+    # A plain WSGI app (no framework turning the exception into a 500): the
+    # client's wrapper propagates out of the app's call, and the guard raises
+    # a copy of what really happened from it.
+    def app(environ: t.Any, start_response: t.Any) -> list[bytes]:
+        try:
+            requests.get(busy.url, timeout=5)
+        except LoopbackDeadlockError as exc:
+            raise RuntimeError("the report service failed") from exc
+        raise AssertionError("the self-call was not stopped")
+
+    guard = LoopbackGuard(app, profile=busy.profile())
+    with pytest.raises(LoopbackDeadlockError) as raised:
+        guard(create_environ("/report"), lambda *args: lambda data: None)
+    wrapper = raised.value.__cause__
+    assert isinstance(wrapper, RuntimeError)
+    original = wrapper.__cause__
+    assert isinstance(original, LoopbackDeadlockError)
+    assert raised.value is not original
+    assert raised.value.problem() == original.problem()
+    assert not loopback._requests
+    assert busy.nothing_arrived()
+
+
 def test_the_error_is_an_http_error_not_a_connection_error() -> None:
     error = LoopbackDeadlockError(
         "GET http://127.0.0.1:8000/x calls this server.",
@@ -600,8 +627,16 @@ def test_unbounded_servers_are_left_alone(profile: ServerProfile, busy: Busy) ->
         }
     )
     app = make_app(profile, mode="strict")
+    seen: list[object] = []
+
+    @app.before_request
+    def guarded() -> None:
+        # Stepped aside: the request is not even listed for the hook.
+        seen.append(loopback._requests.get(threading.get_ident()))
+
     response = post(app, "/call/socket", url=busy.url)
     assert response.get_json() == {"answer": "connected"}
+    assert seen == [None]
 
 
 def test_test_client_is_not_a_server() -> None:

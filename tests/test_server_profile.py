@@ -20,6 +20,7 @@ import time
 import types
 import typing as t
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -527,9 +528,30 @@ PROFILE_APP = textwrap.dedent(
             "describe": found.describe(),
         }
 
+    def hold(environ, start_response):
+        # Serves nothing else until a second request waits for the server
+        # (bounded), then says how the profile counts the queue.
+        import json
+        import sys
+        import time
+
+        found = detect(environ)
+        print("holding", file=sys.stderr, flush=True)
+        deadline = time.monotonic() + 10
+        while found.backlog().count == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        counts = {
+            "backlog": found.backlog().count,
+            "detail": found.backlog(detail=True).count,
+        }
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps(counts).encode()]
+
     def app(environ, start_response):
         import json
 
+        if environ.get("PATH_INFO") == "/hold":
+            return hold(environ, start_response)
         if environ.get("PATH_INFO") == "/from-thread":
             # No server object on a thread of our own: gunicorn's worker is
             # found with a gc scan.
@@ -649,3 +671,21 @@ def test_detect_waitress_one_thread(
     found = json.loads(requests.get(server.url + "/", timeout=TIMEOUT).text)
     assert found["describe"] == "waitress, 1 thread"
     assert found["listeners"] == [f"127.0.0.1:{server.port}"]
+
+
+@pytest.mark.server
+def test_backlog_counts_the_waitress_queue(
+    waitress_server: t.Any, profile_app_dir: Path
+) -> None:
+    # waitress reads a request before it queues it for a thread: the kernel
+    # (/proc, the detailed count) no longer sees it waiting, only waitress's
+    # own queue does, with or without detail.
+    server = waitress_server("profileapp:app", "--threads=1", cwd=profile_app_dir)
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(requests.get, server.url + "/hold", timeout=TIMEOUT)
+        server.wait_for_log("holding", timeout=TIMEOUT)
+        with socket.create_connection((server.host, server.port), TIMEOUT) as queued:
+            queued.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            assert held.result(TIMEOUT).json() == {"backlog": 1, "detail": 1}
+            queued.settimeout(TIMEOUT)
+            assert queued.recv(1024).startswith(b"HTTP/1.0 200")
