@@ -392,6 +392,37 @@ def test_runtime_check(change: object, expected: str) -> None:
     assert runtime(app, https=True) == [expected]
 
 
+def test_no_secret_key_points_where_the_500_hint_points(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DIAG001 and the error envelope's pitfall-1 hint read the module the
+    same way, here a key set through ``config.update`` under ``__main__``."""
+    import importlib
+
+    from flask_diag.secret_key import secret_key_hint
+
+    source = textwrap.dedent(
+        """\
+        from flask import Flask, session
+        app = Flask(__name__)
+        if __name__ == "__main__":
+            app.config.update(SECRET_KEY="dev")
+            app.run()
+        """
+    )
+    (tmp_path / "web_config_update.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    app = importlib.import_module("web_config_update").app
+    static = scan_source(source, "web_config_update.py")
+    static.uses_session = True
+    result = runtime_checks.check(app, app, static)
+    (finding,) = [f for f in result.findings if f.id == "DIAG001"]
+    assert (finding.file, finding.line) == ("web_config_update.py", 4)
+    assert "set only under __main__" in finding.message
+    assert "(web_config_update.py, line 4)" in secret_key_hint(app)
+
+
 def test_no_secret_key_is_fine_without_sessions() -> None:
     app = Flask(__name__)
     assert runtime(app, "from flask import Flask\napp = Flask(__name__)\n") == []

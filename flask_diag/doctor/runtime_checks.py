@@ -17,6 +17,7 @@ import typing as t
 
 from ..debugger import check_startup
 from ..exceptions import DiagConfigError
+from ..secret_key import secret_key_site
 from ..settings import Settings
 from .findings import Finding
 from .loader import chain
@@ -155,18 +156,15 @@ def check(
         name in flask_app.extensions for name in ("login_manager", "csrf")
     )
     if not secret and needs_secret:
-        where = static.secret_under_main[:1] or static.flask_lines[:1]
-        sfile, sline = where[0] if where else (file, line)
+        # The same analysis as the error envelope's hint for the 500 itself.
+        site = secret_key_site(flask_app)
+        sfile, sline = site if site is not None else (file, line)
         add(
             Finding.of(
                 "DIAG001",
                 "the app has no secret key once imported, and it uses the "
                 "session: every request that writes it fails with a 500"
-                + (
-                    " (the key is set only under __main__)"
-                    if static.secret_under_main
-                    else ""
-                ),
+                + (" (the key is set only under __main__)" if site else ""),
                 file=sfile,
                 line=sline,
             )

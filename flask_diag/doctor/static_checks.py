@@ -153,14 +153,12 @@ class StaticResult:
     #: Where ``DebuggedApplication(...)`` is called.
     debugger_lines: list[tuple[str, int]] = dataclasses.field(default_factory=list)
     #: Where the secret key is set only under ``__main__``.
-    secret_under_main: list[tuple[str, int]] = dataclasses.field(default_factory=list)
 
     def merge(self, other: StaticResult) -> None:
         self.findings.extend(other.findings)
         self.uses_session = self.uses_session or other.uses_session
         self.flask_lines.extend(other.flask_lines)
         self.debugger_lines.extend(other.debugger_lines)
-        self.secret_under_main.extend(other.secret_under_main)
 
     def ids(self) -> set[str]:
         return {finding.id for finding in self.findings}
@@ -380,8 +378,6 @@ class _Module:
                 if message is None:
                     continue
                 if secret:
-                    line = getattr(node, "lineno", 0)
-                    self.result.secret_under_main.append((self.filename, line))
                     effect = (
                         "has no secret key: every request that writes the "
                         "session fails with a 500"
