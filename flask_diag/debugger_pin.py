@@ -94,10 +94,21 @@ def write_pin_file(pin: str) -> str:
     """
     directory = tempfile.mkdtemp(prefix="flask-diag-debugger-")
     path = os.path.join(directory, "pin")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as f:
-        f.write(pin + "\n")
+    _write_new_private(path, pin)
     return path
+
+
+def _write_new_private(path: str, pin: str) -> None:
+    # O_EXCL: a file (or a planted symlink) already there is an error, and
+    # the mode is 0600 from the first moment.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(pin + "\n")
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # ours: created just now
+        raise
 
 
 def replace_pin_file(path: str, pin: str) -> None:
@@ -106,10 +117,8 @@ def replace_pin_file(path: str, pin: str) -> None:
     private directory, then renamed over the old one."""
     directory = os.path.dirname(path)
     fresh = os.path.join(directory, f"pin.{secrets.token_hex(8)}")
-    fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    _write_new_private(fresh, pin)
     try:
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(pin + "\n")
         os.replace(fresh, path)
     except BaseException:
         with contextlib.suppress(OSError):
