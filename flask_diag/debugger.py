@@ -142,9 +142,12 @@ from .signals import send_safely
 from .worker_timeout import worker_kill_timer
 
 if t.TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from _typeshed.wsgi import StartResponse
     from _typeshed.wsgi import WSGIApplication
     from _typeshed.wsgi import WSGIEnvironment
+    from blinker import Signal
     from flask import Flask
     from werkzeug.debug.tbtools import DebugFrameSummary
 
@@ -157,6 +160,7 @@ _NET: t.TypeAlias = "ipaddress.IPv4Network | ipaddress.IPv6Network"
 GUNICORN_COMMAND = "gunicorn --worker-class sync --workers 1 --timeout 3600"
 _CONSOLE_PATH = "/console"
 _LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+_NO_FIELDS: Mapping[str, object] = {}
 _NAME = re.compile(r"[a-z0-9.-]{1,253}")
 # The largest POST body read for ``cmd=pinauth`` (it holds ``pin=...`` only).
 _PIN_BODY_MAX = 4096
@@ -813,16 +817,19 @@ class DebuggerGate:
             else:
                 response = self._pin_auth(request, client, lock, _posted_pin(request))
         elif cmd == "printpin":
-            self._event(
+            self._audit(
                 "debugger_pin_requested",
+                None,
                 environ,
                 client,
-                pin_file=lock.pin_file,
-                message=(
-                    f"the PIN is in {lock.pin_file} (mode 0600)"
-                    if lock.pin_file
-                    else "the PIN is the one set in FLASK_DIAG_DEBUGGER_PIN"
-                ),
+                logged={
+                    "pin_file": lock.pin_file,
+                    "message": (
+                        f"the PIN is in {lock.pin_file} (mode 0600)"
+                        if lock.pin_file
+                        else "the PIN is the one set in FLASK_DIAG_DEBUGGER_PIN"
+                    ),
+                },
             )
             response = Response("")
         else:
@@ -848,20 +855,13 @@ class DebuggerGate:
             " URLs (request lines are logged). The debugger page served by"
             " flask_diag sends it in a POST body; reload the page."
         )
-        self._event(
+        self._audit(
             "debugger_pin_refused",
+            debugger_pin_refused,
             environ,
             client,
-            reason="pin_in_url",
-            message=message,
-        )
-        send_safely(
-            debugger_pin_refused,
-            self,
-            **_signal_fields(environ, client),
-            reason="pin_in_url",
-            failures=0,
-            locked=False,
+            logged={"reason": "pin_in_url", "message": message},
+            sent={"reason": "pin_in_url", "failures": 0, "locked": False},
         )
         return _pinauth_answer(accepted=False, exhausted=False)
 
@@ -873,14 +873,16 @@ class DebuggerGate:
         # werkzeug's answer, which its page's script reads.
         response = _pinauth_answer(accepted=result.accepted, exhausted=result.locked)
         if result.accepted:
-            self._event(
+            self._audit(
                 "debugger_pin_accepted",
+                debugger_pin_accepted,
                 environ,
                 client,
-                pin_file=lock.pin_file,
-                rotated=lock.pin_file is not None,
+                logged={
+                    "pin_file": lock.pin_file,
+                    "rotated": lock.pin_file is not None,
+                },
             )
-            send_safely(debugger_pin_accepted, self, **_signal_fields(environ, client))
             response.set_cookie(
                 lock.cookie_name,
                 lock.cookie_value(),
@@ -892,29 +894,26 @@ class DebuggerGate:
             return response
         reason = "locked" if result.locked and not result.failures else "wrong"
         locked_for = max(0.0, result.locked_until - time.monotonic())
-        self._event(
+        sent = {"reason": reason, "failures": result.failures, "locked": result.locked}
+        self._audit(
             "debugger_pin_refused",
+            debugger_pin_refused,
             environ,
             client,
-            reason=reason,
-            failures=result.failures,
-            locked=result.locked,
-            locked_for_s=round(locked_for, 1),
-        )
-        send_safely(
-            debugger_pin_refused,
-            self,
-            **_signal_fields(environ, client),
-            reason=reason,
-            failures=result.failures,
-            locked=result.locked,
+            logged={**sent, "locked_for_s": round(locked_for, 1)},
+            sent=sent,
         )
         return response
 
     def _command(self, environ: WSGIEnvironment, client: _IP | None, cmd: str) -> None:
-        self._event("debugger_command", environ, client, command=cmd)
-        send_safely(
-            debugger_command, self, **_signal_fields(environ, client), command=cmd
+        fields = {"command": cmd}
+        self._audit(
+            "debugger_command",
+            debugger_command,
+            environ,
+            client,
+            logged=fields,
+            sent=fields,
         )
 
     def _refused(
@@ -928,23 +927,32 @@ class DebuggerGate:
                 "this server runs several worker processes; the debugger needs"
                 f" exactly one: {one_process_command()}"
             )
-        self._event("debugger_client_refused", environ, client, reason=reason, **extra)
-        send_safely(
+        self._audit(
+            "debugger_client_refused",
             debugger_client_refused,
-            self,
-            **_signal_fields(environ, client),
-            reason=reason,
+            environ,
+            client,
+            logged={"reason": reason, **extra},
+            sent={"reason": reason},
         )
 
-    def _event(
+    def _audit(
         self,
         event: str,
+        signal: Signal | None,
         environ: WSGIEnvironment,
         client: _IP | None,
-        **fields: object,
+        *,
+        logged: Mapping[str, object] = _NO_FIELDS,
+        sent: Mapping[str, object] = _NO_FIELDS,
     ) -> None:
+        """Log ``event`` and send ``signal``: the request's fields (built
+        once, never ``environ``) plus ``logged`` / ``sent``."""
+        fields = _signal_fields(environ, client)
         with capture_internal_exceptions(f"logging {event}"):
-            logger.warning(event, **_signal_fields(environ, client), **fields)
+            logger.warning(event, **fields, **logged)
+        if signal is not None:
+            send_safely(signal, self, **fields, **sent)
 
 
 def _signal_fields(environ: WSGIEnvironment, client: _IP | None) -> dict[str, t.Any]:
