@@ -247,6 +247,25 @@ def test_flask_cli_text_output() -> None:
     assert out.strip().splitlines()[-1] == "2 errors, 1 warning, 0 info"
 
 
+def test_flask_cli_usage_error() -> None:
+    """``flask diag check`` reports a refused option as ``python -m
+    flask_diag check`` does (test_ignore, test_bad_server_option...)."""
+    for option in (["--ignore", "DIAG999"], ["--server", "gunicorn -w four"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "flask", "--app", "app", "diag", "check", *option],
+            cwd=EXAMPLES / "pitfall7_cars",
+            env=environment(),
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            check=False,
+        )
+        assert result.returncode == 2, result.stderr
+        assert result.stdout == ""
+        assert "diag check: error: " in result.stderr
+        assert option[1] in result.stderr
+
+
 def test_colour_when_asked() -> None:
     result = run("check", "app:app", "--chdir", "pitfall7_cars", "--color")
     assert "\x1b[" in result.stdout

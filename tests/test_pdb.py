@@ -26,6 +26,7 @@ import pytest
 import structlog
 from flask import copy_current_request_context
 from flask import Flask
+from servers import EXAMPLES
 from servers import free_port
 
 import flask_diag
@@ -920,3 +921,55 @@ def test_flask_diag_pdb_command(diag_app: Flask) -> None:
     port = free_port()
     result = runner.invoke(args=["diag", "pdb", str(port), "--wait", "0.2"])
     assert result.exit_code == 1
+    # --history, as under python -m flask_diag (one definition of the command).
+    result = runner.invoke(
+        args=["diag", "pdb", str(port), "--wait", "0.2", "--history", ""]
+    )
+    assert result.exit_code == 1, result.output
+    assert f"no breakpoint listened on 127.0.0.1:{port}" in result.output
+
+
+def test_flask_diag_pdb_session(pdb_env: int, tmp_path: Path) -> None:
+    """``flask diag pdb`` for real, in a subprocess: a whole session."""
+    debugged = Debugged(answer_view)
+    client = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flask",
+            "--app",
+            "app",
+            "diag",
+            "pdb",
+            str(pdb_env),
+            "--once",
+            "--wait",
+            "10",
+            "--history",
+            str(tmp_path / "history"),
+        ],
+        cwd=EXAMPLES / "pitfall7_cars",
+        input="!answer = 5\ncontinue\n",
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT * 3,
+        check=False,
+    )
+    assert client.returncode == 0, client.stderr
+    assert "*** flask_diag remote pdb" in client.stdout
+    assert "the session ended" in client.stderr
+    assert debugged.join() == {"answer": 5, "doubled": 10}
+
+
+@pytest.mark.parametrize("port", ["0", "65536"])
+def test_python_m_flask_diag_pdb_checks_the_port(port: str) -> None:
+    client = subprocess.run(
+        [sys.executable, "-m", "flask_diag", "pdb", port, "--wait", "0.2"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert client.returncode == 2
+    assert f"{port} is not in the range" in client.stderr
+    assert "waiting for a breakpoint" not in client.stderr

@@ -92,3 +92,36 @@ def test_nothing_listening_is_bounded() -> None:
     assert data["sent"] == 5
     assert data["answered"] == 0
     assert data["errors"] == {"ConnectionRefusedError": 5}
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(["flask_diag", "probe"], id="python-m"),
+        pytest.param(["flask", "--app", "app", "diag", "probe"], id="flask-diag"),
+    ],
+)
+def test_refused_arguments_are_usage_errors(command: list[str]) -> None:
+    """Both entry points run one command: the same checks, status and message."""
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", *command, *args],
+            cwd=CARS,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    result = run("ftp://127.0.0.1/")
+    assert result.returncode == 2
+    assert (
+        "probe: error: 'ftp://127.0.0.1/' is not an http:// or https:// URL\n"
+    ) in result.stderr
+    assert result.stdout == ""
+    for option, value in (("-n", "0"), ("-c", "65"), ("--timeout", "0")):
+        result = run("http://127.0.0.1:1/", option, value)
+        assert result.returncode == 2, (option, result.stderr)
+        assert f"Invalid value for '{option}" in result.stderr
+        assert result.stdout == ""
