@@ -33,6 +33,7 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.intersphinx",
     "diag_settings",
+    "diag_checks",
 ]
 
 root_doc = "index"
