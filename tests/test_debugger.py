@@ -12,12 +12,19 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import stat
 import time
 import typing as t
 from collections.abc import Iterator
 
 import pytest
+from debugger_pages import console_secret
+from debugger_pages import debug_app
+from debugger_pages import DebuggerPages
+from debugger_pages import FOREIGN
+from debugger_pages import LOOPBACK
+from debugger_pages import PIN
 from flask import Flask
 from werkzeug.test import Client
 
@@ -29,92 +36,34 @@ from flask_diag.debugger import _gates
 from flask_diag.debugger import DebuggerGate
 from flask_diag.debugger import one_process_command
 from flask_diag.debugger_pin import PinLock
+from flask_diag.server import Listener
+from flask_diag.server import ServerProfile
 from flask_diag.settings import Settings
 from flask_diag.signals import debugger_pin_refused
 from flask_diag.testing import capture_logs
 from flask_diag.testing import capture_signals
 from flask_diag.worker_timeout import KillTimer
 
-LOOPBACK = {"REMOTE_ADDR": "127.0.0.1"}
-FOREIGN = {"REMOTE_ADDR": "203.0.113.7"}
-PIN = "staging-pin-2024"
 RESOURCE = "?__debugger__=yes&cmd=resource&f=debugger.js"
 FAST = 0.1  # no PIN request may take longer: the worker never sleeps
 
 
-class Harness:
-    """A Flask app with Diag and the debugger on, and its gate."""
-
-    def __init__(self, app: Flask, gate: DebuggerGate) -> None:
-        self.app = app
-        self.gate = gate
-        self.client = Client(app, use_cookies=True)
-        self.calls = 0
-
-    def get(self, path: str, **environ: t.Any) -> t.Any:
-        # environ_overrides: applied after the test client's own HTTP_HOST
-        # and wsgi.multiprocess.
-        return self.client.get(path, environ_overrides={**LOOPBACK, **environ})
-
-    def traceback(self, **environ: t.Any) -> tuple[str, str]:
-        """Load the failing page; return (secret, innermost frame id)."""
-        response = self.get("/boom", **environ)
-        assert response.status_code == 500
-        assert response.mimetype == "text/html", response.text[:300]
-        html = response.get_data(as_text=True)
-        secret = re.search(r'SECRET = "([^"]+)"', html)
-        frames = re.findall(r'<div class="frame" id="frame-(\d+)"', html)
-        assert secret is not None and frames
-        return secret.group(1), frames[-1]
-
-    def pin(self) -> str:
-        lock = self.gate.pin_lock
-        assert lock is not None
-        if lock.pin_file is None:
-            return PIN
-        with open(lock.pin_file) as f:
-            return f.read().strip()
-
-    def pinauth(self, secret: str, pin: str, **environ: t.Any) -> t.Any:
-        """As the page script the gate serves: the PIN in a POST body."""
-        return self.client.post(
-            f"/boom?__debugger__=yes&cmd=pinauth&s={secret}",
-            data={"pin": pin},
-            environ_overrides={**LOOPBACK, **environ},
-        )
-
-    def command(self, secret: str, frame: str, cmd: str, **environ: t.Any) -> t.Any:
-        from urllib.parse import quote
-
-        return self.get(
-            f"/boom?__debugger__=yes&cmd={quote(cmd)}&frm={frame}&s={secret}",
-            **environ,
-        )
-
-
 @pytest.fixture
-def make() -> Iterator[t.Callable[..., Harness]]:
+def make() -> Iterator[t.Callable[..., DebuggerPages]]:
     """``make(**settings)``: a Flask app with the debugger on; closed after."""
-    harnesses: list[Harness] = []
+    harnesses: list[DebuggerPages] = []
 
-    def build(**options: t.Any) -> Harness:
-        app = Flask("debug_app")
-        harness: Harness
+    def build(**options: t.Any) -> DebuggerPages:
+        harness: DebuggerPages
 
-        @app.get("/boom")
-        def boom() -> str:
+        def count() -> None:
             harness.calls += 1
-            answer = 41
-            raise KeyError(f"no such thing {answer}")
 
-        @app.get("/")
-        def index() -> str:
-            return "hello"
-
+        app = debug_app("debug_app", on_boom=count)
         options.setdefault("debugger", True)
         Diag(app, **options)
         (gate,) = _gates(app.wsgi_app)
-        harness = Harness(app, gate)
+        harness = DebuggerPages(app, gate)
         harnesses.append(harness)
         return harness
 
@@ -167,12 +116,12 @@ def test_gate_alone_with_debugger_off_passes_through() -> None:
 
 
 def test_refused_debugger_routes_answer_as_if_off(
-    make: t.Callable[..., Harness],
+    make: t.Callable[..., DebuggerPages],
 ) -> None:
     """A refused client cannot tell the debugger is on: its debugger routes
     get what the app gives with the debugger off (here the 404 envelope of a
     route the app does not have), never a 404 of the gate's own."""
-    off = Flask("debug_app")
+    off = debug_app()
     Diag(off, debugger=False)
     path = "/nothing-here" + RESOURCE
     expected = off.test_client().get(path, environ_overrides=FOREIGN)
@@ -190,7 +139,7 @@ def test_refused_debugger_routes_answer_as_if_off(
 # -- the happy path --------------------------------------------------------------------
 
 
-def test_pin_then_console_in_frame(make: t.Callable[..., Harness]) -> None:
+def test_pin_then_console_in_frame(make: t.Callable[..., DebuggerPages]) -> None:
     h = make()
     lock = h.gate.pin_lock
     assert lock is not None and lock.pin_file is not None
@@ -251,7 +200,7 @@ def test_gate_alone_around_plain_wsgi() -> None:
 # -- allowed clients -------------------------------------------------------------------
 
 
-def test_client_outside_allowed_networks(make: t.Callable[..., Harness]) -> None:
+def test_client_outside_allowed_networks(make: t.Callable[..., DebuggerPages]) -> None:
     h = make()
     secret, _ = h.traceback()
     with capture_logs() as logs, capture_signals() as sent:
@@ -273,7 +222,7 @@ def test_client_outside_allowed_networks(make: t.Callable[..., Harness]) -> None
 
 
 def test_second_loopback_address_excluded_by_allow_list(
-    make: t.Callable[..., Harness],
+    make: t.Callable[..., DebuggerPages],
 ) -> None:
     h = make(debugger_allow="127.0.0.1/32")
     h.traceback()  # 127.0.0.1 still allowed
@@ -284,7 +233,7 @@ def test_second_loopback_address_excluded_by_allow_list(
     assert refusals(logs) == ["client"]
 
 
-def test_more_networks_allowed(make: t.Callable[..., Harness]) -> None:
+def test_more_networks_allowed(make: t.Callable[..., DebuggerPages]) -> None:
     h = make(debugger_allow="127.0.0.0/8, 10.0.0.0/8")
     h.traceback(REMOTE_ADDR="10.1.2.3")
     assert h.get("/boom" + RESOURCE, REMOTE_ADDR="10.1.2.3").status_code == 200
@@ -292,7 +241,9 @@ def test_more_networks_allowed(make: t.Callable[..., Harness]) -> None:
     assert_envelope(h.get("/boom" + RESOURCE, REMOTE_ADDR="11.0.0.1"), 500)
 
 
-def test_spoofed_x_forwarded_for_is_ignored(make: t.Callable[..., Harness]) -> None:
+def test_spoofed_x_forwarded_for_is_ignored(
+    make: t.Callable[..., DebuggerPages],
+) -> None:
     h = make()
     spoofed = {**FOREIGN, "HTTP_X_FORWARDED_FOR": "127.0.0.1"}
     with capture_logs() as logs:
@@ -302,7 +253,7 @@ def test_spoofed_x_forwarded_for_is_ignored(make: t.Callable[..., Harness]) -> N
 
 
 def test_trusted_proxy_only_the_hop_after_it_counts(
-    make: t.Callable[..., Harness],
+    make: t.Callable[..., DebuggerPages],
 ) -> None:
     h = make(debugger_trusted_proxies="10.0.0.0/24")
     proxy = "10.0.0.5"
@@ -341,7 +292,7 @@ def test_trusted_proxy_only_the_hop_after_it_counts(
     ],
 )
 def test_foreign_host_refused(
-    make: t.Callable[..., Harness], host: str, trusted: bool
+    make: t.Callable[..., DebuggerPages], host: str, trusted: bool
 ) -> None:
     h = make()
     environ = {"HTTP_HOST": host}
@@ -357,17 +308,113 @@ def test_foreign_host_refused(
         assert_envelope(h.get("/boom", **environ), 500)
 
 
-def test_extra_hosts(make: t.Callable[..., Harness]) -> None:
+def test_extra_hosts(make: t.Callable[..., DebuggerPages]) -> None:
     h = make(debugger_hosts="*.staging.example, debug-box")
     for host in ("staging.example", "a.staging.example", "debug-box:8000"):
         assert h.get("/boom" + RESOURCE, HTTP_HOST=host).status_code == 200
     assert_envelope(h.get("/boom" + RESOURCE, HTTP_HOST="example"), 500)
 
 
+# This machine's name and its own non-loopback addresses, as the resolver
+# tells them to the gate (``socket.getaddrinfo(socket.gethostname())``):
+# documentation addresses, so the test does not depend on the machine's
+# network (a container's host name often resolves to 127.0.0.1 only).
+OWN_NAME = "diag-test-host.invalid"
+OWN_ADDRESSES = {
+    "192.0.2.10": (socket.AF_INET, ("192.0.2.10", 0)),
+    "2001:db8::10": (socket.AF_INET6, ("2001:DB8::10", 0, 0, 0)),
+    "fe80::10": (socket.AF_INET6, ("fe80::10%eth0", 0, 0, 2)),  # scope dropped
+}
+
+
+@pytest.mark.parametrize(
+    ("listener", "trusted", "refused"),
+    [
+        pytest.param(
+            Listener("inet", "0.0.0.0", 8000),
+            ["192.0.2.10:8000", "[2001:db8::10]", "[fe80::10]:8000", "192.0.2.10"],
+            ["192.0.2.99", "[2001:db8::99]", "evil.example"],
+            id="wildcard-ipv4",
+        ),
+        pytest.param(
+            Listener("inet6", "::", 8000),
+            ["192.0.2.10", "[2001:DB8::10]:8000", "[fe80::10]"],
+            ["192.0.2.99:8000", "[fe80::99]", "diag-test-host.invalid"],
+            id="wildcard-ipv6",
+        ),
+        pytest.param(
+            # Bound to one address: that one, not every address of the host.
+            Listener("inet", "192.0.2.20", 8000),
+            ["192.0.2.20:8000", "192.0.2.20"],
+            ["192.0.2.10", "[2001:db8::10]", "evil.example"],
+            id="one-address",
+        ),
+        pytest.param(
+            Listener("unix", "/run/app.sock", 0),
+            [],
+            ["192.0.2.10", "[2001:db8::10]", "run", "evil.example"],
+            id="unix-socket",
+        ),
+    ],
+)
+def test_host_of_the_servers_own_address_trusted(
+    make: t.Callable[..., DebuggerPages],
+    monkeypatch: pytest.MonkeyPatch,
+    listener: Listener,
+    trusted: list[str],
+    refused: list[str],
+) -> None:
+    """A browser on the allowed client may name the server by one of its own
+    addresses (``http://192.0.2.10:8000/`` from that machine): the gate
+    trusts that Host when the server listens there, on every address (the
+    host's own addresses, from its resolver) or on that one address. Any
+    other address or name stays refused (DNS rebinding)."""
+    h = make()
+    real_getaddrinfo = socket.getaddrinfo
+    looked_up: list[object] = []
+
+    def getaddrinfo(host: str | None, port: t.Any, *args: t.Any, **kw: t.Any) -> t.Any:
+        if host != OWN_NAME:
+            return real_getaddrinfo(host, port, *args, **kw)
+        looked_up.append(host)
+        return [
+            (family, socket.SOCK_STREAM, 6, "", sockaddr)
+            for family, sockaddr in OWN_ADDRESSES.values()
+        ]
+
+    seen: list[object] = []
+
+    def detect(environ: object = None, **kwargs: t.Any) -> ServerProfile:
+        seen.append(environ)
+        return ServerProfile("werkzeug", workers=1, listeners=(listener,))
+
+    # After make(): the gate's start-up checks saw the real server profile.
+    monkeypatch.setattr(socket, "gethostname", lambda: OWN_NAME)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(debugger_module, "detect", detect)
+    for host in trusted:
+        with capture_logs() as logs:
+            script = h.get("/boom" + RESOURCE, HTTP_HOST=host)
+            assert script.status_code == 200, host
+            assert b"makeDebugURL" in script.get_data(), host  # the page script
+            h.traceback(HTTP_HOST=host)  # and the traceback page
+        assert refusals(logs) == [], host
+    for host in refused:
+        with capture_logs() as logs:
+            assert_envelope(h.get("/boom" + RESOURCE, HTTP_HOST=host), 500)
+        assert refusals(logs) == ["host"], host
+        # No traceback page either: the envelope, as without a debugger.
+        assert_envelope(h.get("/boom", HTTP_HOST=host), 500)
+    # The gate asked the server (with the request) where it listens, and
+    # resolved this host's own name only for a listener on every address.
+    assert seen and all(isinstance(environ, dict) for environ in seen)
+    assert bool(looked_up) == listener.wildcard
+
+
 # -- one process -----------------------------------------------------------------------
 
 
-def test_multiprocess_request_refused(make: t.Callable[..., Harness]) -> None:
+def test_multiprocess_request_refused(make: t.Callable[..., DebuggerPages]) -> None:
     h = make()
     environ = {"wsgi.multiprocess": True}
     with capture_logs() as logs:
@@ -447,7 +494,7 @@ SYNC_30 = KillTimer(
     ],
 )
 def test_short_worker_timeout_warned(
-    make: t.Callable[..., Harness],
+    make: t.Callable[..., DebuggerPages],
     monkeypatch: pytest.MonkeyPatch,
     timer: KillTimer | None,
     expected: str | None,
@@ -473,7 +520,7 @@ def test_short_worker_timeout_warned(
 # -- expiry ----------------------------------------------------------------------------
 
 
-def test_expires_by_itself(make: t.Callable[..., Harness]) -> None:
+def test_expires_by_itself(make: t.Callable[..., DebuggerPages]) -> None:
     h = make(debugger_ttl=0.5)
     lock = h.gate.pin_lock
     assert lock is not None and lock.pin_file is not None
@@ -503,7 +550,9 @@ def test_expires_by_itself(make: t.Callable[..., Harness]) -> None:
 # -- production and start-up refusals --------------------------------------------------
 
 
-def test_production_refused_without_override(make: t.Callable[..., Harness]) -> None:
+def test_production_refused_without_override(
+    make: t.Callable[..., DebuggerPages],
+) -> None:
     with pytest.raises(DiagConfigError, match="FLASK_DIAG_DEBUGGER_IN_PRODUCTION"):
         make(env="production")
     h = make(env="production", debugger_in_production=True)
@@ -521,7 +570,7 @@ def test_production_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
 
 @pytest.mark.parametrize("value", ["off", "OFF", "123-456-789"])
 def test_werkzeug_debug_pin_refused(
-    monkeypatch: pytest.MonkeyPatch, make: t.Callable[..., Harness], value: str
+    monkeypatch: pytest.MonkeyPatch, make: t.Callable[..., DebuggerPages], value: str
 ) -> None:
     monkeypatch.setenv("WERKZEUG_DEBUG_PIN", value)
     with pytest.raises(DiagConfigError, match="WERKZEUG_DEBUG_PIN"):
@@ -536,7 +585,7 @@ def test_weak_or_empty_pin_refused(monkeypatch: pytest.MonkeyPatch, pin: str) ->
         Diag(Flask("weak"))
 
 
-def test_operator_pin_no_file(make: t.Callable[..., Harness]) -> None:
+def test_operator_pin_no_file(make: t.Callable[..., DebuggerPages]) -> None:
     h = make(debugger_pin=PIN)
     lock = h.gate.pin_lock
     assert lock is not None and lock.pin_file is None
@@ -548,7 +597,9 @@ def test_operator_pin_no_file(make: t.Callable[..., Harness]) -> None:
 # -- brute force -----------------------------------------------------------------------
 
 
-def test_brute_force_locks_without_sleeping(make: t.Callable[..., Harness]) -> None:
+def test_brute_force_locks_without_sleeping(
+    make: t.Callable[..., DebuggerPages],
+) -> None:
     h = make()
     secret, frame = h.traceback()
     with capture_logs() as logs:
@@ -572,7 +623,7 @@ def test_brute_force_locks_without_sleeping(make: t.Callable[..., Harness]) -> N
 
 
 def test_cookie_of_an_earlier_activation_refused(
-    make: t.Callable[..., Harness],
+    make: t.Callable[..., DebuggerPages],
 ) -> None:
     first = make(debugger_pin=PIN)
     secret, _ = first.traceback()
@@ -608,7 +659,7 @@ def test_pin_lock_unit() -> None:
 # -- kept tracebacks, routes -----------------------------------------------------------
 
 
-def test_tracebacks_kept_are_capped(make: t.Callable[..., Harness]) -> None:
+def test_tracebacks_kept_are_capped(make: t.Callable[..., DebuggerPages]) -> None:
     h = make(debugger_frames=2)
     debugger = h.gate.debugger
     assert debugger is not None
@@ -624,7 +675,7 @@ def test_tracebacks_kept_are_capped(make: t.Callable[..., Harness]) -> None:
 
 
 def test_unmatched_debugger_requests_never_rerun_the_view(
-    make: t.Callable[..., Harness],
+    make: t.Callable[..., DebuggerPages],
 ) -> None:
     h = make()
     secret, frame = h.traceback()
@@ -641,21 +692,20 @@ def test_unmatched_debugger_requests_never_rerun_the_view(
     assert h.calls == 1
 
 
-def test_console_off_unless_asked(make: t.Callable[..., Harness]) -> None:
+def test_console_off_unless_asked(make: t.Callable[..., DebuggerPages]) -> None:
     h = make()
     assert_envelope(h.get("/console"), 404)
     h2 = make(debugger_console=True)
     page = h2.get("/console")
     assert page.status_code == 200 and "Console Locked" in page.get_data(as_text=True)
     assert_envelope(h2.get("/console", **FOREIGN), 404)  # the app has none
-    secret = re.search(r'SECRET = "([^"]+)"', page.get_data(as_text=True))
-    assert secret is not None
-    assert h2.pinauth(secret.group(1), h2.pin()).get_json()["auth"] is True
-    result = h2.get(f"/console?__debugger__=yes&cmd=6*7&frm=0&s={secret.group(1)}")
+    secret = console_secret(page.get_data(as_text=True))
+    assert h2.pinauth(secret, h2.pin()).get_json()["auth"] is True
+    result = h2.get(f"/console?__debugger__=yes&cmd=6*7&frm=0&s={secret}")
     assert "42" in result.get_data(as_text=True)
 
 
-def test_printpin_never_prints_it(make: t.Callable[..., Harness]) -> None:
+def test_printpin_never_prints_it(make: t.Callable[..., DebuggerPages]) -> None:
     h = make()
     secret, _ = h.traceback()
     with capture_logs() as logs:
@@ -669,7 +719,7 @@ def test_printpin_never_prints_it(make: t.Callable[..., Harness]) -> None:
 
 
 def test_every_event_logged_and_signalled_never_the_pin(
-    make: t.Callable[..., Harness], caplog: pytest.LogCaptureFixture
+    make: t.Callable[..., DebuggerPages], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level("DEBUG")
     with capture_logs() as logs, capture_signals() as sent:
@@ -732,7 +782,7 @@ def test_every_event_logged_and_signalled_never_the_pin(
 
 
 def test_raising_signal_receiver_changes_nothing(
-    make: t.Callable[..., Harness],
+    make: t.Callable[..., DebuggerPages],
 ) -> None:
     h = make()
     secret, _ = h.traceback()

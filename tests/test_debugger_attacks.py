@@ -23,7 +23,13 @@ from collections.abc import Iterator
 from urllib.parse import quote
 
 import pytest
-from flask import Flask
+from debugger_pages import console_secret
+from debugger_pages import debug_app
+from debugger_pages import DebuggerPages
+from debugger_pages import FOREIGN
+from debugger_pages import LOOPBACK
+from debugger_pages import page_secret
+from debugger_pages import PIN
 from werkzeug.debug import get_pin_and_cookie_name
 from werkzeug.debug import hash_pin
 from werkzeug.serving import make_server
@@ -43,9 +49,6 @@ from flask_diag.internal import find_in_stack
 from flask_diag.testing import capture_logs
 from flask_diag.testing import capture_signals
 
-PIN = "staging-pin-2024"
-LOOPBACK = {"REMOTE_ADDR": "127.0.0.1"}
-FOREIGN = {"REMOTE_ADDR": "203.0.113.7"}
 # 6 * 7 * 1000001: the console prints 42000042 only if it evaluated this.
 PROBE = "6*7*1000001"
 EXECUTED = "42000042"
@@ -66,19 +69,14 @@ def serves_debugger_js(response: t.Any) -> bool:
     return response.status_code == 200 and b"makeDebugURL" in response.get_data()
 
 
-class Target:
-    """A gate around an app whose ``/boom`` raises, with a cookie jar, and
-    the same app with the debugger off (``off``), which a refused request
+class Target(DebuggerPages):
+    """A gate around an app whose ``/boom`` raises (:class:`DebuggerPages`),
+    and the same app with the debugger off (``off``), which a refused request
     must not be told apart from."""
 
     def __init__(self, app: t.Any, gate: DebuggerGate, off: t.Any) -> None:
-        self.app = app
-        self.gate = gate
-        self.client = Client(app, use_cookies=True)
+        super().__init__(app, gate)
         self.off = Client(off)
-
-    def get(self, path: str, **environ: t.Any) -> t.Any:
-        return self.client.get(path, environ_overrides={**LOOPBACK, **environ})
 
     def assert_as_if_off(
         self, response: t.Any, path: str, method: str = "GET", **environ: t.Any
@@ -91,44 +89,6 @@ class Target:
         assert got == (expected.status_code, expected.mimetype), (path, environ)
         assert not debugger_content(response) and not serves_debugger_js(response)
         assert not executed(response)
-
-    def traceback(self, **environ: t.Any) -> tuple[str, str]:
-        response = self.get("/boom", **environ)
-        html = response.get_data(as_text=True)
-        secret = re.search(r'SECRET = "([^"]+)"', html)
-        frames = re.findall(r'<div class="frame" id="frame-(\d+)"', html)
-        assert response.status_code == 500 and secret is not None and frames
-        return secret.group(1), frames[-1]
-
-    @property
-    def lock(self) -> PinLock:
-        assert self.gate.pin_lock is not None
-        return self.gate.pin_lock
-
-    def pin(self) -> str:
-        if self.lock.pin_file is None:
-            return PIN
-        with open(self.lock.pin_file) as f:
-            return f.read().strip()
-
-    def pinauth(self, secret: str, pin: str, **environ: t.Any) -> t.Any:
-        """As the page script the gate serves: the PIN in a POST body."""
-        return self.client.post(
-            f"/boom?__debugger__=yes&cmd=pinauth&s={secret}",
-            data={"pin": pin},
-            environ_overrides={**LOOPBACK, **environ},
-        )
-
-    def unlock(self) -> tuple[str, str]:
-        secret, frame = self.traceback()
-        assert self.pinauth(secret, self.pin()).get_json()["auth"] is True
-        return secret, frame
-
-    def command(self, secret: str, frame: str, **environ: t.Any) -> t.Any:
-        return self.get(
-            f"/boom?__debugger__=yes&cmd={quote(PROBE)}&frm={frame}&s={secret}",
-            **environ,
-        )
 
 
 @pytest.fixture
@@ -143,28 +103,14 @@ def targets() -> Iterator[list[DebuggerGate]]:
 def flask_target(
     targets: list[DebuggerGate],
 ) -> t.Callable[..., Target]:
-    def make_app() -> Flask:
-        app = Flask("attacked")
-
-        @app.get("/boom")
-        def boom() -> str:
-            secret_local = "hunter2-in-a-local"  # noqa: F841 - shown in frames
-            raise KeyError("boom")
-
-        @app.get("/")
-        def index() -> str:
-            return "hello"
-
-        return app
-
     def build(**options: t.Any) -> Target:
-        app = make_app()
+        app = debug_app("attacked")
         options.setdefault("debugger", True)
         options.setdefault("debugger_pin", PIN)
         Diag(app, **options)
         (inner,) = find_in_stack(app.wsgi_app, DebuggerGate)
         targets.append(inner)
-        off = make_app()
+        off = debug_app("attacked")
         Diag(off, **{**options, "debugger": False})
         return Target(app, inner, off)
 
@@ -325,7 +271,7 @@ def test_foreign_client_with_stolen_secret_frame_and_cookie(
 ) -> None:
     target = flask_target()
     secret, frame = target.unlock()
-    assert executed(target.command(secret, frame))  # the allowed client can
+    assert executed(target.command(secret, frame, PROBE))  # the allowed client can
     for environ in (
         FOREIGN,
         {**FOREIGN, "HTTP_X_FORWARDED_FOR": "127.0.0.1"},
@@ -335,7 +281,7 @@ def test_foreign_client_with_stolen_secret_frame_and_cookie(
         {"HTTP_HOST": "evil.example"},
         {"wsgi.multiprocess": True},
     ):
-        response = target.command(secret, frame, **environ)
+        response = target.command(secret, frame, PROBE, **environ)
         assert not executed(response), environ
         # Passed to the app as if there were no debugger: /boom raises, the
         # envelope answers (the gate's own 404 would give the debugger away).
@@ -354,7 +300,7 @@ def test_frame_of_an_evicted_traceback_is_gone(
     original = debugger.frames[int(old_frame)]
     target.traceback()
     target.traceback()
-    response = target.command(secret, old_frame)
+    response = target.command(secret, old_frame, PROBE)
     assert response.status_code == 404 and not executed(response)
     assert all(kept is not original for kept in debugger.frames.values())
 
@@ -427,10 +373,9 @@ def test_console_on_still_gated(flask_target: t.Callable[..., Target]) -> None:
         assert not debugger_content(response), environ
     page = target.get("/console")
     assert page.status_code == 200
-    secret = re.search(r'SECRET = "([^"]+)"', page.get_data(as_text=True))
-    assert secret is not None
+    secret = console_secret(page.get_data(as_text=True))
     # The page is shown, but its frame 0 runs nothing without the PIN.
-    query = f"?__debugger__=yes&cmd={quote(PROBE)}&frm=0&s={secret.group(1)}"
+    query = f"?__debugger__=yes&cmd={quote(PROBE)}&frm=0&s={secret}"
     locked = target.get("/console" + query)
     assert locked.status_code == 403 and not executed(locked)
     assert not executed(target.get("/console" + query, **FOREIGN))
@@ -457,7 +402,7 @@ def test_forged_cookies_refused(flask_target: t.Callable[..., Target]) -> None:
     ]
     for name, value in forged:
         target.client.set_cookie(name, value)
-        response = target.command(secret, frame)
+        response = target.command(secret, frame, PROBE)
         assert response.status_code == 403 and not executed(response), (name, value)
         target.client.delete_cookie(name)
 
@@ -473,7 +418,7 @@ def test_cookie_of_another_gate_in_the_same_process(
     secret, frame = second.traceback()
     second.client.set_cookie(second.lock.cookie_name, value.value)
     second.client.set_cookie(first.lock.cookie_name, value.value)
-    response = second.command(secret, frame)
+    response = second.command(secret, frame, PROBE)
     assert response.status_code == 403 and not executed(response)
 
 
@@ -492,7 +437,7 @@ def test_right_pin_during_lockout_refused(
     assert time.perf_counter() - started < 0.1
     assert response.get_json() == {"auth": False, "exhausted": True}
     assert "Set-Cookie" not in response.headers
-    assert target.command(secret, frame).status_code == 403
+    assert target.command(secret, frame, PROBE).status_code == 403
 
 
 def test_parallel_guesses_cannot_exceed_the_budget(
@@ -789,7 +734,7 @@ def test_time_travel_past_expiry(
     assert cookie is not None and cookie.max_age is not None and cookie.max_age <= 60
     shift_time(monkeypatch, 61)
     command = f"/boom?__debugger__=yes&cmd={quote(PROBE)}&frm={frame}&s={secret}"
-    target.assert_as_if_off(target.command(secret, frame), command)
+    target.assert_as_if_off(target.command(secret, frame, PROBE), command)
     pinauth = f"/boom?__debugger__=yes&cmd=pinauth&s={secret}"
     target.assert_as_if_off(target.pinauth(secret, pin), pinauth, "POST")
     assert not debugger_content(target.get("/boom"))
@@ -806,7 +751,7 @@ def test_multiprocess_request_never_reaches_the_debugger(
     assert not debugger_content(target.get("/boom", **mp))
     pinauth = f"/boom?__debugger__=yes&cmd=pinauth&s={secret}"
     target.assert_as_if_off(target.pinauth(secret, PIN, **mp), pinauth, "POST", **mp)
-    assert not executed(target.command(secret, frame, **mp))
+    assert not executed(target.command(secret, frame, PROBE, **mp))
 
 
 # -- faults inside the gate fail closed --
@@ -826,7 +771,7 @@ def test_fault_in_a_check_fails_closed(
     target.gate._admit_cache.clear()
     for response in (
         target.get("/boom"),
-        target.command(secret, frame),
+        target.command(secret, frame, PROBE),
         target.get("/?__debugger__=yes&cmd=resource&f=debugger.js"),
     ):
         assert not debugger_content(response)
@@ -850,7 +795,7 @@ def test_fault_in_a_pin_lock_check_fails_closed(
         response = target.pinauth(secret, PIN)
         assert "Set-Cookie" not in response.headers
         assert f"{method} fault" not in response.get_data(as_text=True)
-    response = target.command(secret, frame)
+    response = target.command(secret, frame, PROBE)
     assert not executed(response) and not debugger_content(response)
     assert f"{method} fault" not in response.get_data(as_text=True)
     if not unlocked:
@@ -942,7 +887,7 @@ def test_pin_and_cookie_never_logged_or_signalled(
         target.pinauth(secret, pin, **{"wsgi.errors": errors})
         cookie = target.client.get_cookie(target.lock.cookie_name)
         assert cookie is not None
-        target.command(secret, frame, **{"wsgi.errors": errors})
+        target.command(secret, frame, PROBE, **{"wsgi.errors": errors})
         target.get("/boom", **{"wsgi.errors": errors})
     text = repr(logs) + errors.getvalue()
     rotated = target.pin()  # a random PIN is single-use: the file has a new one
@@ -994,12 +939,11 @@ def test_pin_not_in_werkzeug_dev_server_request_log(
             finally:
                 conn.close()
 
-        secret = re.search(r'SECRET = "([^"]+)"', request("GET", "/boom"))
-        assert secret is not None
+        secret, _ = page_secret(request("GET", "/boom"))
         # As the page script the gate serves sends it: in a POST body.
         script = request("GET", "/?__debugger__=yes&cmd=resource&f=debugger.js")
         assert 'method: "POST"' in script and '"pinauth", pin' not in script
-        path = f"/?__debugger__=yes&cmd=pinauth&s={secret.group(1)}"
+        path = f"/?__debugger__=yes&cmd=pinauth&s={secret}"
         answer = request("POST", path, body=f"pin={pin}")
         assert '"auth": true' in answer
     finally:
@@ -1035,7 +979,7 @@ def test_pin_in_the_query_string_is_never_compared(
             assert response.get_json() == {"auth": False, "exhausted": False}
             assert "Set-Cookie" not in response.headers
     assert not target.lock.locked()
-    assert target.command(secret, frame).status_code == 403
+    assert target.command(secret, frame, PROBE).status_code == 403
     refused = [e for e in logs if e["event"] == "debugger_pin_refused"]
     assert len(refused) == 10
     assert all(e["reason"] == "pin_in_url" for e in refused)
@@ -1045,7 +989,7 @@ def test_pin_in_the_query_string_is_never_compared(
     assert all(k["failures"] == 0 and "environ" not in k for k in signalled)
     # The page's own way still works afterwards: nothing was counted.
     assert target.pinauth(secret, PIN).get_json()["auth"] is True
-    assert executed(target.command(secret, frame))
+    assert executed(target.command(secret, frame, PROBE))
 
 
 def test_pin_in_a_get_body_or_another_content_type_is_not_read(
@@ -1068,7 +1012,7 @@ def test_pin_in_a_get_body_or_another_content_type_is_not_read(
     ):
         assert response.get_json()["auth"] is False
         assert "Set-Cookie" not in response.headers
-    assert target.command(secret, frame).status_code == 403
+    assert target.command(secret, frame, PROBE).status_code == 403
 
 
 def test_served_page_script_posts_the_pin(
@@ -1130,7 +1074,7 @@ def test_random_pin_is_single_use(flask_target: t.Callable[..., Target]) -> None
     secret, frame = target.traceback()
     first = target.pin()
     assert target.pinauth(secret, first).get_json()["auth"] is True
-    assert executed(target.command(secret, frame))  # the cookie works
+    assert executed(target.command(secret, frame, PROBE))  # the cookie works
     second = target.pin()
     assert second != first and re.fullmatch(r"\d{4}-\d{4}-\d{4}", second)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
@@ -1144,7 +1088,7 @@ def test_random_pin_is_single_use(flask_target: t.Callable[..., Target]) -> None
     new = other.post(url, data={"pin": second}, environ_overrides=LOOPBACK)
     assert new.get_json()["auth"] is True
     # The first browser's cookie still unlocks.
-    assert executed(target.command(secret, frame))
+    assert executed(target.command(secret, frame, PROBE))
 
 
 # -- weak PINs past the settings --

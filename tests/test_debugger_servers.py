@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from debugger_pages import page_secret
 from servers import EXAMPLES
 from servers import require_module
 from servers import ServerProcess
@@ -94,14 +95,6 @@ def assert_pin_not_logged(server: ServerProcess, pin: str) -> None:
     assert text, "the server wrote nothing at all"
     for form in {pin, pin.replace("-", "")}:
         assert form not in text, "the PIN is in the server's output"
-
-
-def page_secret(html: str) -> tuple[str, str]:
-    """The debugger's ``SECRET`` and the id of the innermost frame."""
-    secret = re.search(r'SECRET = "([^"]+)"', html)
-    frames = re.findall(r'<div class="frame" id="frame-(\d+)"', html)
-    assert secret is not None and frames, html[:500]
-    return secret.group(1), frames[-1]
 
 
 # -- the browser -----------------------------------------------------------------
