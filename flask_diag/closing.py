@@ -24,7 +24,7 @@ from werkzeug.wrappers import Response
 from werkzeug.wrappers import response as _response_module
 from werkzeug.wsgi import ClosingIterator
 
-__all__ = ["add_quiet_callback", "inert_response"]
+__all__ = ["EndsAtClose", "add_quiet_callback", "inert_response"]
 
 _ITER_ENCODED = getattr(
     getattr(_response_module, "_iter_encoded", None), "__code__", object()
@@ -108,3 +108,24 @@ def _without_quiet(callbacks: list[t.Any]) -> list[t.Any]:
     while end > 1 and getattr(callbacks[end - 1], "__func__", None) in _QUIET:
         end -= 1
     return callbacks[:end]
+
+
+class EndsAtClose:
+    """A response wrapper whose ``close()`` closes the app's iterable, then
+    runs ``end()`` however that went: the request is over for flask_diag
+    when the server closes the response (PEP 3333)."""
+
+    __slots__ = ()
+
+    app_iter: t.Iterable[bytes]
+
+    def close(self) -> None:
+        try:
+            close = getattr(self.app_iter, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self.end()
+
+    def end(self) -> None:
+        raise NotImplementedError

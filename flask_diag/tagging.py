@@ -47,6 +47,7 @@ from contextvars import Token
 from werkzeug.wsgi import ClosingIterator
 
 from . import sentry
+from .closing import EndsAtClose
 from .context import current_pid_str
 from .context import ENVIRON_KEY
 from .context import is_file_wrapper
@@ -203,7 +204,7 @@ class RequestTagging:
             )
 
 
-class _TaggedResponse(RequestInfo):
+class _TaggedResponse(EndsAtClose, RequestInfo):
     """The app's response iterable; ``close()`` ends the request's context.
 
     It is also the request's :class:`~flask_diag.context.RequestInfo` in
@@ -263,14 +264,6 @@ class _TaggedResponse(RequestInfo):
 
     def __iter__(self) -> t.Iterator[bytes]:
         return iter(self.app_iter)
-
-    def close(self) -> None:
-        try:
-            close = getattr(self.app_iter, "close", None)
-            if close is not None:
-                close()
-        finally:
-            self.end()
 
     def end(self) -> None:
         """Report the finished request and restore the context; runs once."""

@@ -72,6 +72,7 @@ from threading import get_ident
 
 from . import sentry
 from .closing import add_quiet_callback
+from .closing import EndsAtClose
 from .context import current_pid
 from .context import is_file_wrapper
 from .context import request_info
@@ -171,7 +172,7 @@ class TeardownLeakError(DiagHTTPError):
 # -- what is watched ----------------------------------------------------------------
 
 
-class _Request:
+class _Request(EndsAtClose):
     """One checked request, as the SQLAlchemy listeners see it, and (once
     the app has answered) its response iterable: iteration goes straight to
     the app's, and ``close()`` ends the request. One object per request."""
@@ -211,14 +212,6 @@ class _Request:
 
     def __iter__(self) -> t.Iterator[bytes]:
         return iter(self.body)
-
-    def close(self) -> None:
-        try:
-            close = getattr(self.app_iter, "close", None)
-            if close is not None:
-                close()
-        finally:
-            self.end()
 
     def end(self) -> None:
         """The response is closed: the request is over."""
