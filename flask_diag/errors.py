@@ -111,6 +111,7 @@ from .internal import find_flask_app
 from .internal import find_in_stack
 from .internal import logger
 from .internal import report_internal_error
+from .problem import CAUSE_KEY
 from .problem import code_for
 from .problem import debug_info
 from .problem import default_detail
@@ -477,6 +478,17 @@ class _GuardedResponse:
         headers: list[tuple[str, str]],
         exc_info: OptExcInfo | None,
     ) -> t.Callable[[bytes], object]:
+        if exc_info is None and status[:1] == "5":
+            cause = self.environ.get(CAUSE_KEY)
+            if isinstance(cause, DiagHTTPError) and not status.startswith(
+                str(cause.status)
+            ):
+                # The request failed for a reason flask_diag found (a
+                # loopback deadlock) and the app answered some other 5xx: a
+                # client wrapped the error, or the wait was broken and the
+                # client reported a dropped connection. Raised from here, it
+                # leaves the app and is answered by ``answer_exception``.
+                raise cause.copy()
         if _is_chosen(self.environ, status, headers):
             self.status = status
             return self.server_start_response(status, headers, exc_info)

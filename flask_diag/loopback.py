@@ -92,12 +92,21 @@ The app's call, where the view runs, in the thread serving the request
 nor does it hold the request up). The body is sent by the server after the
 call and is not guarded: a streamed body that calls out is not seen.
 
-On a server with room (bounded: gunicorn sync ``-w N``, gthread, waitress)
-a request costs a tuple in a dict; on a capacity-1 server, a small object
-and a ``start_response`` wrapper; with no fixed limit, an attribute check
-(see ``benchmarks/bench_loopback.py``). Outbound connections of a guarded
-request cost a dict lookup and an address comparison; on capacity-1 servers
-the HTTP client's frames are also read for URLs to report.
+Nothing is listed per request. The hook, at a request's first connect
+(on a capacity-1 server, its first outbound event of any kind), walks up the
+thread's stack to the guard's call and reads the request's plan and environ
+there; only then is the request's state kept, until the app's call returns.
+So a request that makes no outbound call costs the guard's call and a
+``try`` on a server with room (bounded: gunicorn sync ``-w N``, gthread,
+waitress) and on a capacity-1 server alike; with no fixed limit, an
+attribute check (see ``benchmarks/bench_loopback.py``). On a capacity-1
+server the error the hook raises is also recorded in ``environ``
+(:data:`~flask_diag.problem.CAUSE_KEY`), so that the error envelope still
+answers ``loopback_deadlock`` when a client wraps the error or the view
+catches it and answers some other 5xx.
+Outbound connections of a guarded request cost that walk once, then a dict
+lookup and an address comparison; on capacity-1 servers the HTTP client's
+frames are also read for URLs to report.
 
 .. autoclass:: LoopbackGuard
 .. autoexception:: LoopbackDeadlockError
@@ -123,6 +132,7 @@ from . import context as _context
 from .exceptions import DiagWarning
 from .internal import logger
 from .internal import report_internal_error
+from .problem import CAUSE_KEY
 from .problem import DiagHTTPError
 from .server import Backlog
 from .server import detect
@@ -139,7 +149,6 @@ from .watchdog import waits_in_socket
 if t.TYPE_CHECKING:
     from types import FrameType
 
-    from _typeshed import OptExcInfo
     from _typeshed.wsgi import StartResponse
     from _typeshed.wsgi import WSGIApplication
     from _typeshed.wsgi import WSGIEnvironment
@@ -316,12 +325,10 @@ class _Outbound:
 
 
 class _Guarded:
-    """One guarded request, as the hook sees it.
-
-    Made on a capacity-1 server for every request (its ``start_response``
-    turns a deadlock that surfaced as another 5xx into the right answer);
-    elsewhere only when an audit event of the request needs it. The rarely
-    used attributes are class-level defaults.
+    """One guarded request, as the hook sees it: made by the hook at the
+    request's first audit event that needs it (from what
+    :func:`_request_on_stack` finds) and listed in ``_requests`` until the
+    app's call returns. The rarely used attributes are class-level defaults.
     """
 
     # Class-level defaults: the rarely used attributes cost nothing.
@@ -337,30 +344,12 @@ class _Guarded:
         guard: LoopbackGuard,
         plan: _Plan,
         environ: WSGIEnvironment,
-        start_response: StartResponse | None,
         ident: int,
     ) -> None:
         self.guard = guard
         self.plan = plan
         self.environ = environ
-        self.server_start_response = start_response
         self.ident = ident
-
-    def start_response(
-        self,
-        status: str,
-        headers: list[tuple[str, str]],
-        exc_info: OptExcInfo | None = None,
-    ) -> t.Callable[[bytes], object]:
-        error = self.error
-        if error is not None and exc_info is None and status[:1] == "5":
-            if not status.startswith(str(STATUS)):
-                # The deadlock surfaced as some other 5xx: a client wrapped
-                # our error, or the wait was broken and the client reported
-                # a dropped connection. Answer what really happened.
-                raise error.copy()
-        assert self.server_start_response is not None  # set by LoopbackGuard.__call__
-        return self.server_start_response(status, headers, exc_info)
 
     # -- what the hook calls ---------------------------------------------------
 
@@ -557,7 +546,7 @@ class _Guarded:
                 own_url=own_url,
                 server_model=self.plan.model,
             )
-            self.error = error
+            self.error = self.environ[CAUSE_KEY] = error
             raise error
         warnings.warn(LoopbackWarning(f"{detail} {hint}"), stacklevel=_app_level())
 
@@ -737,16 +726,17 @@ def _bodies(body: object) -> list[str | bytes]:
 
 # -- the audit hook --------------------------------------------------------------
 
-_Lazy: t.TypeAlias = "tuple[LoopbackGuard, _Plan, WSGIEnvironment]"
-#: The request each thread of this process runs the app for, while the app's
-#: call lasts: its ``_Guarded`` on a capacity-1 server; elsewhere
-#: ``(guard, plan, environ)``, replaced by a ``_Guarded`` when the hook first
-#: needs one. On servers with room, where most requests run, a request costs
-#: a tuple in a dict. By thread: the monitor thread reads it too, to find the
-#: waiting requests and their stacks. asyncio clients connect in the request's
-#: thread; a thread the view starts is not guarded (nor does it hold the
-#: request up).
-_requests: dict[int, _Guarded | _Lazy] = {}
+#: The guarded requests of this process that the hook has state for, by
+#: thread, while the app's call lasts: on a capacity-1 server every request
+#: (its ``_Guarded`` turns a deadlock that surfaced as another 5xx into the
+#: right answer); on servers with room, where most requests run, only those
+#: that opened a connection: nothing is listed for the others, the hook finds
+#: the request on the thread's stack when it first needs it
+#: (:func:`_request_on_stack`). The monitor thread reads it too, to find the
+#: waiting requests and their stacks. asyncio clients connect in the
+#: request's thread; a thread the view starts is not guarded (nor does it
+#: hold the request up).
+_requests: dict[int, _Guarded] = {}
 _warned_under_load: set[str] = set()
 _warned_lock = threading.Lock()
 _hook_installed = False
@@ -754,22 +744,26 @@ _hook_lock = threading.Lock()
 # Stays False until a guard arms in this process: until then every audit
 # event of the process costs one global lookup here.
 _armed = False
+# Whether a guard of this process armed for a capacity-1 server: only then
+# do events other than a connect need the request's stack to be looked at.
+_blocking = False
 
 
 def _audit(event: str, args: tuple[t.Any, ...]) -> None:
     if not _armed or event not in _EVENTS:
         return
     ident = get_ident()
-    value = _requests.get(ident)
-    if value is None:
-        return
-    if isinstance(value, _Guarded):
-        guarded = value
-    elif event != "socket.connect":
-        return  # with room for a call back, only a connect can be a finding
-    else:
-        guard, plan, environ = value
-        guarded = _requests[ident] = _Guarded(guard, plan, environ, None, ident)
+    guarded = _requests.get(ident)
+    if guarded is None:
+        if event != "socket.connect" and not _blocking:
+            return  # with room for a call back, only a connect can be a finding
+        found = _request_on_stack(sys._getframe(1))
+        if found is None:
+            return
+        guard, plan, environ = found
+        if event != "socket.connect" and not plan.blocking:
+            return
+        guarded = _requests[ident] = _Guarded(guard, plan, environ, ident)
     if guarded.in_hook:
         return
     guarded.in_hook = True  # our own sockets and files raise events too
@@ -797,14 +791,15 @@ def _audit(event: str, args: tuple[t.Any, ...]) -> None:
         guarded.in_hook = False
 
 
-def _install_hook() -> None:
-    global _hook_installed, _armed
+def _install_hook(plan: _Plan) -> None:
+    global _hook_installed, _armed, _blocking
     with _hook_lock:
         if not _hook_installed:
             sys.addaudithook(_audit)
             _hook_installed = True
             monitor.add_check(_check_callbacks)
         _armed = True
+        _blocking = _blocking or plan.blocking
 
 
 def _after_fork() -> None:
@@ -904,7 +899,7 @@ def _report_callback(
         guarded, "callback", action, outbound, str(plan.profile.listeners[0]), detail
     )
     if strict:
-        guarded.error = LoopbackDeadlockError(
+        guarded.error = guarded.environ[CAUSE_KEY] = LoopbackDeadlockError(
             detail,
             hint=hint,
             outbound=outbound,
@@ -970,7 +965,7 @@ class LoopbackGuard:
             profile = self._fixed_profile or detect(environ, frame=sys._getframe(2))
             plan = _plan_for(profile) if self.mode != "off" else None
             if plan is not None:
-                _install_hook()
+                _install_hook(plan)
                 monitor.ensure_started()  # in the worker, at its first request
         except Exception as exc:
             report_internal_error("detecting the server profile", exc)
@@ -992,28 +987,19 @@ class LoopbackGuard:
             environ[SERVER_KEY] = profile
         if plan is None:
             return self.app(environ, start_response)
-        ident = get_ident()
-        if ident in _requests:
-            # Wrapped twice (Diag and wrap), or an app calling an app in the
-            # same thread: the outer request is guarded already.
-            return self.app(environ, start_response)
-        if not plan.blocking:
-            # A server with room: calls back are only warned about, nothing
-            # is raised or broken, so the response is not watched over.
-            _requests[ident] = (self, plan, environ)
-            try:
-                return self.app(environ, start_response)
-            finally:
-                _requests.pop(ident, None)  # (absent in a child the view forked)
-        # A capacity-1 server: the request's error becomes the answer.
-        guarded = _requests[ident] = _Guarded(
-            self, plan, environ, start_response, ident
-        )
+        # Nothing is listed per request: at an audit event that needs it, the
+        # hook finds this call on the thread's stack (``plan`` and
+        # ``environ`` are read there) and lists the request's state then.
+        # On a capacity-1 server the error it raises is also recorded in
+        # ``environ`` (``CAUSE_KEY``): when a client wraps it or the view
+        # catches it, the error envelope still answers it.
         try:
-            return self.app(environ, guarded.start_response)
+            return self.app(environ, start_response)
         except Exception as exc:
-            error = guarded.error
-            if error is not None and not isinstance(exc, LoopbackDeadlockError):
+            error = environ.get(CAUSE_KEY)
+            if isinstance(error, LoopbackDeadlockError) and not isinstance(
+                exc, LoopbackDeadlockError
+            ):
                 # Our error, wrapped by a client or lost in a broken wait:
                 # raise what really happened.
                 raise error.copy() from exc
@@ -1021,4 +1007,34 @@ class LoopbackGuard:
         finally:
             # The app's call is guarded; the body is sent after it, by the
             # server, and not guarded (a streamed body is not watched).
-            _requests.pop(ident, None)  # (absent in a child the view forked)
+            if _requests:  # the hook listed it
+                _requests.pop(get_ident(), None)
+
+
+_GUARD_CALL = LoopbackGuard.__call__.__code__
+
+
+def _request_on_stack(
+    frame: FrameType | None,
+) -> tuple[LoopbackGuard, _Plan, WSGIEnvironment] | None:
+    """The guard, plan and environ of the guarded request that ``frame`` runs
+    in, read from the guard's call further up the stack (the innermost one,
+    when the app is wrapped twice); ``None`` outside a guarded request (a
+    thread the view started, a streamed body, a guard that stepped aside).
+    Costs a walk up the stack: the hook calls it at a request's first event
+    that needs it, never per request."""
+    while frame is not None:
+        if frame.f_code is _GUARD_CALL:
+            found = frame.f_locals
+            plan = found.get("plan")
+            if isinstance(plan, _Plan):
+                return found["self"], plan, found["environ"]
+            return None
+        frame = frame.f_back
+    return None
+
+
+def is_guarded() -> bool:
+    """Whether the request the current thread runs is guarded (for tests
+    and diagnostics; the hook itself looks the same way)."""
+    return get_ident() in _requests or _request_on_stack(sys._getframe(1)) is not None

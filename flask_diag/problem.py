@@ -62,6 +62,7 @@ if t.TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
 
 __all__ = [
+    "CAUSE_KEY",
     "PROBLEM_JSON",
     "CODES",
     "DiagHTTPError",
@@ -196,6 +197,15 @@ def status_line(status: int) -> str:
     return f"{status} {title_for(status)}"
 
 
+#: The environ key of an error flask_diag found to be the cause of the
+#: request's failure, recorded where it was found (the loopback hook, on a
+#: server that cannot serve a call back). When the app then answers some
+#: other 5xx, the error envelope answers this error instead (and the guard
+#: raises it in place of an exception that wraps it): a client that wrapped
+#: it, or a view that caught it, does not hide what really happened.
+CAUSE_KEY = "flask_diag.cause"
+
+
 class DiagHTTPError(HTTPException):
     """An error flask_diag answers with a problem body.
 
@@ -254,6 +264,17 @@ class DiagHTTPError(HTTPException):
         super().__init__(description=self.detail)
         # werkzeug and Flask read the status from ``code``.
         self.code = status
+
+    def copy(self) -> DiagHTTPError:
+        """A new exception with the same members, to raise once more."""
+        return DiagHTTPError(
+            self.status,
+            self.problem_code,
+            self.detail,
+            hint=self.hint,
+            headers=self.extra_headers,
+            extra=self.extra,
+        )
 
     def get_headers(
         self,

@@ -60,6 +60,7 @@ from flask_diag import signals
 from flask_diag import wrap
 from flask_diag.errors import map_exception
 from flask_diag.errors import PROPAGATE_KEY
+from flask_diag.problem import CAUSE_KEY
 from flask_diag.problem import CODES
 from flask_diag.problem import prefers_html
 from flask_diag.secret_key import main_only_secret_key
@@ -411,6 +412,50 @@ def test_diag_http_error_answers_itself_without_the_envelope() -> None:
         "instance": "/console",
         "code": "debugger_refused",
     }
+
+
+@pytest.mark.parametrize(
+    ("answered", "replaced"),
+    [
+        ("500 INTERNAL SERVER ERROR", True),
+        ("502 BAD GATEWAY", True),
+        # The cause's own status, and statuses below 500, are the app's.
+        ("503 SERVICE UNAVAILABLE", False),
+        ("404 NOT FOUND", False),
+    ],
+)
+def test_a_recorded_cause_answers_a_5xx_the_app_made_of_it(
+    answered: str, replaced: bool
+) -> None:
+    # What the loopback guard records when a view catches its error: a
+    # plain WSGI app that answers some 5xx after flask_diag found the cause.
+    cause = DiagHTTPError(
+        503, "upstream_down", "The upstream is down.", extra={"upstream": "db"}
+    )
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        environ[CAUSE_KEY] = cause
+        start_response(answered, [("Content-Type", "text/plain")])
+        return [b"it went wrong"]
+
+    result = run_wsgi(wrap(app, environ={}), environ_for("/report"))
+    if replaced:
+        problem = assert_envelope(result, 503, "upstream_down", instance="/report")
+        assert problem["detail"] == "The upstream is down."
+        assert problem["upstream"] == "db"
+    else:  # a response the app made on purpose, left alone
+        assert result.status == answered
+        assert result.body == b"it went wrong"
+
+
+def test_diag_http_error_copy_is_a_new_error_with_the_same_members() -> None:
+    error = DiagHTTPError(
+        429, "slow_down", "Later.", hint="Wait.", headers=[("Retry-After", "5")]
+    )
+    copy = error.copy()
+    assert copy is not error and type(copy) is DiagHTTPError
+    assert copy.problem() == error.problem()
+    assert copy.get_headers() == error.get_headers()
 
 
 @pytest.mark.parametrize(

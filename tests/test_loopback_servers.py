@@ -268,11 +268,10 @@ def test_self_call_works_on_servers_with_room(
         assert "deadlocks under load" in lines[0]["message"]
 
 
-# The example app, plus a view that tells whether the guard lists its request
-# (it does on every server it arms on) and whether it armed in the process.
+# The example app, plus a view that tells whether the hook would find its
+# request guarded (it does on every server the guard arms on) and whether it
+# armed in the process.
 GUARD_PROBE = """
-import threading
-
 from app import app
 from flask_diag import loopback
 
@@ -280,7 +279,7 @@ from flask_diag import loopback
 @app.get("/guard-state")
 def guard_state():
     return {
-        "listed": threading.get_ident() in loopback._requests,
+        "listed": loopback.is_guarded(),
         "armed": loopback._armed,
     }
 """
