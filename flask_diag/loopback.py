@@ -87,15 +87,20 @@ handle (one per Flask request, ``object.__getattr__``).
 What is guarded, and what it costs
 ----------------------------------
 
-The app's call, where the view runs, in the thread serving the request
-(asyncio clients run there too; a thread the view starts is not guarded,
-nor does it hold the request up). The body is sent by the server after the
-call and is not guarded: a streamed body that calls out is not seen.
+The app's call, where the view runs, in the thread serving the request (an
+event loop the view runs with ``asyncio.run()``, and greenlets it starts,
+run there too). A thread the view starts is not guarded, nor does it hold
+the request up; nor are Flask's ``async def`` views, which asgiref runs in
+a thread of its own. The body is sent by the server after the call and is
+not guarded: a streamed body that calls out is not seen.
 
 Nothing is listed per request. The hook, at a request's first connect
-(on a capacity-1 server, its first outbound event of any kind), walks up the
-thread's stack to the guard's call and reads the request's plan and environ
-there; only then is the request's state kept, until the app's call returns.
+(on a capacity-1 server, its first outbound event of any kind), walks down
+the thread's stack to the guard's call (the outermost one of this process
+that armed) and reads the request's plan and environ there; only then is the
+request's state kept, until the app's call returns. A greenlet the view
+starts is guarded too (the stacks of the greenlets it came from are read); a
+thread it starts, or a process it forks, is not.
 So a request that makes no outbound call costs the guard's call and a
 ``try`` on a server with room (bounded: gunicorn sync ``-w N``, gthread,
 waitress) and on a capacity-1 server alike; with no fixed limit, an
@@ -727,15 +732,13 @@ def _bodies(body: object) -> list[str | bytes]:
 # -- the audit hook --------------------------------------------------------------
 
 #: The guarded requests of this process that the hook has state for, by
-#: thread, while the app's call lasts: on a capacity-1 server every request
-#: (its ``_Guarded`` turns a deadlock that surfaced as another 5xx into the
-#: right answer); on servers with room, where most requests run, only those
-#: that opened a connection: nothing is listed for the others, the hook finds
-#: the request on the thread's stack when it first needs it
-#: (:func:`_request_on_stack`). The monitor thread reads it too, to find the
-#: waiting requests and their stacks. asyncio clients connect in the
-#: request's thread; a thread the view starts is not guarded (nor does it
-#: hold the request up).
+#: thread, while the app's call lasts. Nothing is listed per request: the
+#: hook lists a request at its first event that needs it (a connect; on a
+#: capacity-1 server, any outbound event), finding the request on the
+#: thread's stack (:func:`_request_on_stack`). The monitor thread reads it
+#: too, to find the waiting requests and their stacks. asyncio clients and
+#: greenlets the view starts run in the request's thread and are guarded; a
+#: thread the view starts is not (nor does it hold the request up).
 _requests: dict[int, _Guarded] = {}
 _warned_under_load: set[str] = set()
 _warned_lock = threading.Lock()
@@ -818,7 +821,7 @@ def _check_callbacks(now: float) -> float | None:
     """One monitor tick: report (and in strict mode break) callback waits."""
     waiting = []
     for guarded in list(_requests.values()):
-        if not isinstance(guarded, _Guarded) or not guarded.outbound:
+        if not guarded.outbound:
             continue
         if guarded.callback_reported:
             continue
@@ -1007,8 +1010,18 @@ class LoopbackGuard:
         finally:
             # The app's call is guarded; the body is sent after it, by the
             # server, and not guarded (a streamed body is not watched).
-            if _requests:  # the hook listed it
-                _requests.pop(get_ident(), None)
+            if _requests:  # the hook listed a request: this one?
+                _unlist(environ)
+
+
+def _unlist(environ: WSGIEnvironment) -> None:
+    """Forget the listed request of this thread if it is ``environ``'s (not
+    when this guard served an app the request called in-process: the
+    request listed is the outermost one)."""
+    ident = get_ident()
+    guarded = _requests.get(ident)
+    if guarded is not None and guarded.environ is environ:
+        _requests.pop(ident, None)
 
 
 _GUARD_CALL = LoopbackGuard.__call__.__code__
@@ -1018,20 +1031,49 @@ def _request_on_stack(
     frame: FrameType | None,
 ) -> tuple[LoopbackGuard, _Plan, WSGIEnvironment] | None:
     """The guard, plan and environ of the guarded request that ``frame`` runs
-    in, read from the guard's call further up the stack (the innermost one,
-    when the app is wrapped twice); ``None`` outside a guarded request (a
-    thread the view started, a streamed body, a guard that stepped aside).
-    Costs a walk up the stack: the hook calls it at a request's first event
-    that needs it, never per request."""
+    in, read from the guard's call further down the stack; ``None`` outside
+    a guarded request (a thread the view started, a streamed body, a guard
+    that stepped aside, a process forked during a request, whose copy of the
+    stack still holds the guard's call).
+
+    The outermost guard that armed wins, as the request's own: an app the
+    request calls in-process may have a guard of its own, or one that
+    stepped aside. A greenlet the view started has a stack of its own: the
+    stacks of the greenlets it was started from are read too. Costs a walk
+    down the stack: the hook calls it at a request's first event that needs
+    it, never per request.
+    """
+    found = _outermost_guard(frame)
+    greenlet: t.Any = sys.modules.get("greenlet")  # loaded by gevent, eventlet
+    if found is None and greenlet is not None:
+        try:
+            parent = greenlet.getcurrent().parent
+            while parent is not None and found is None:
+                found = _outermost_guard(parent.gr_frame)
+                parent = parent.parent
+        except Exception as exc:  # greenlet changed: the thread's stack only
+            report_internal_error("reading the stacks of greenlets", exc)
+    return found
+
+
+def _outermost_guard(
+    frame: FrameType | None,
+) -> tuple[LoopbackGuard, _Plan, WSGIEnvironment] | None:
+    found = None
+    pid = _context._pid
     while frame is not None:
         if frame.f_code is _GUARD_CALL:
-            found = frame.f_locals
-            plan = found.get("plan")
-            if isinstance(plan, _Plan):
-                return found["self"], plan, found["environ"]
-            return None
+            names = frame.f_locals
+            guard = names.get("self")
+            plan = names.get("plan")
+            if (
+                isinstance(guard, LoopbackGuard)
+                and isinstance(plan, _Plan)
+                and guard._plan_pid == pid  # not a copy of the stack of a parent
+            ):
+                found = guard, plan, names["environ"]
         frame = frame.f_back
-    return None
+    return found
 
 
 def is_guarded() -> bool:

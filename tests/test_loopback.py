@@ -14,6 +14,7 @@ import asyncio
 import http.client
 import http.server
 import json
+import multiprocessing
 import pickle
 import select
 import socket
@@ -24,6 +25,7 @@ import typing as t
 import urllib.request
 from collections.abc import Iterator
 
+import gevent
 import httpx
 import pytest
 import requests
@@ -362,6 +364,117 @@ def test_error_wrapped_and_raised_through_the_guard_is_raised_as_ours(
     assert raised.value is not original
     assert raised.value.problem() == original.problem()
     assert not loopback._requests
+    assert busy.nothing_arrived()
+
+
+def _connect_to(address: tuple[str, int]) -> str:
+    try:
+        with socket.create_connection(address, timeout=FAST):
+            return "connected"
+    except LoopbackDeadlockError:
+        return "LoopbackDeadlockError"
+
+
+def _report_from_child(queue: t.Any, address: tuple[str, int]) -> None:
+    queue.put((_connect_to(address), loopback.is_guarded()))
+
+
+def _answer(start_response: t.Any, text: str) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [text.encode()]
+
+
+def test_a_process_forked_by_the_view_is_not_guarded(busy: Busy) -> None:
+    # The child's copy of the stack still holds the guard's call, but the
+    # child serves no request of this server: its connections are its own.
+    context = multiprocessing.get_context("fork")
+    address = busy.sock.getsockname()
+    seen: list[object] = []
+
+    def app(environ: t.Any, start_response: t.Any) -> list[bytes]:
+        queue = context.Queue()
+        child = context.Process(target=_report_from_child, args=(queue, address))
+        child.start()
+        try:
+            seen.append(queue.get(timeout=TIMEOUT))
+        finally:
+            child.join(TIMEOUT)
+            if child.is_alive():
+                child.kill()
+        seen.append(_connect_to(address))  # the request itself
+        return _answer(start_response, "ok")
+
+    LoopbackGuard(app, profile=busy.profile())(create_environ("/"), lambda *a: None)
+    assert seen == [("connected", False), "LoopbackDeadlockError"]
+
+
+@pytest.mark.parametrize(
+    "inner_options",
+    [
+        pytest.param({"loopback": "off"}, id="inner-off"),
+        pytest.param(
+            {"profile": ServerProfile("werkzeug", worker_class="single", listeners=())},
+            id="inner-stepped-aside",
+        ),
+    ],
+)
+def test_an_app_called_in_process_keeps_the_outer_guard(
+    busy: Busy, inner_options: dict[str, t.Any]
+) -> None:
+    # The request calls another WSGI app in-process, whose own guard is off
+    # or stepped aside: the request is still the outer guard's.
+    def inner_app(environ: t.Any, start_response: t.Any) -> list[bytes]:
+        return _answer(start_response, _connect_to(busy.sock.getsockname()))
+
+    inner = LoopbackGuard(inner_app, **inner_options)
+
+    def app(environ: t.Any, start_response: t.Any) -> t.Iterable[bytes]:
+        return inner(create_environ("/inner"), start_response)
+
+    outer = LoopbackGuard(app, profile=busy.profile())
+    assert b"".join(outer(create_environ("/"), lambda *a: None)) == (
+        b"LoopbackDeadlockError"
+    )
+    assert busy.nothing_arrived()
+
+
+def test_an_app_called_in_process_leaves_the_request_listed(busy: Busy) -> None:
+    # The inner guard's end is not the request's: what the hook keeps for
+    # the request (its outbound calls, for the callback detector) stays.
+    other = Busy()  # a server that is not this one
+    seen: dict[str, object] = {}
+    inner = LoopbackGuard(
+        lambda environ, start_response: _answer(start_response, ""),
+        profile=busy.profile(),
+    )
+
+    def app(environ: t.Any, start_response: t.Any) -> list[bytes]:
+        seen["other"] = _connect_to(other.sock.getsockname())
+        b"".join(inner(create_environ("/inner"), lambda *a: None))
+        listed = loopback._requests.get(threading.get_ident())
+        seen["listed"] = listed is not None and listed.environ is environ
+        return _answer(start_response, "ok")
+
+    try:
+        LoopbackGuard(app, profile=busy.profile())(create_environ("/"), lambda *a: None)
+    finally:
+        other.sock.close()
+    assert seen == {"other": "connected", "listed": True}
+    assert not loopback._requests
+
+
+def test_a_greenlet_the_view_starts_is_guarded(busy: Busy) -> None:
+    # Not a gevent server (the guard steps aside there): a greenlet the view
+    # starts runs in the request's thread and holds it up like the view.
+    def app(environ: t.Any, start_response: t.Any) -> list[bytes]:
+        job = gevent.spawn(_connect_to, busy.sock.getsockname())
+        job.join(TIMEOUT)
+        return _answer(start_response, str(job.value))
+
+    guard = LoopbackGuard(app, profile=busy.profile())
+    assert b"".join(guard(create_environ("/"), lambda *a: None)) == (
+        b"LoopbackDeadlockError"
+    )
     assert busy.nothing_arrived()
 
 
