@@ -448,7 +448,7 @@ class TeardownCheck:
         if held.committed or is_file_wrapper(environ, app_iter):
             # Headers already out (the app used ``write()``), or a file the
             # server sends itself: too late to change the status.
-            held.commit()
+            self._commit(held, request, app_iter)
             request.body = request.app_iter = app_iter
             return request
         chunks: list[bytes] = []
@@ -468,7 +468,7 @@ class TeardownCheck:
             raise
         if iterator is not None:
             # Too large to hold: sent as it is, checked at the end anyway.
-            held.commit()
+            self._commit(held, request, app_iter)
             request.body = _chain(chunks, iterator)
             request.app_iter = app_iter
             return request
@@ -480,6 +480,21 @@ class TeardownCheck:
             raise TeardownLeakError(findings)
         held.commit()
         return chunks
+
+    def _commit(
+        self, held: _HeldStart, request: _Request, app_iter: t.Iterable[bytes]
+    ) -> None:
+        """Forward the held status; when the server (or a middleware further
+        out) refuses it, the request ends here, not at a close that will
+        never come."""
+        try:
+            held.commit()
+        except BaseException:
+            try:
+                _close(app_iter)
+            finally:
+                self.finish(request)
+            raise
 
 
 def _chain(first: list[bytes], rest: t.Iterator[bytes]) -> t.Iterator[bytes]:

@@ -369,6 +369,61 @@ def test_raise_mode_answers_a_teardown_leak_envelope(engine: Engine) -> None:
         leak_app.close()
 
 
+@pytest.mark.parametrize("body", ["large", "file"])
+def test_raise_mode_ends_the_request_when_the_server_refuses_the_status(
+    engine: Engine, body: str
+) -> None:
+    # A body too large to hold, or a file the server sends itself, has its
+    # status forwarded at once; when the server (or a middleware further out)
+    # refuses it, the request ends there: nothing of it stays on the thread.
+    closed: list[bool] = []
+
+    class Body:
+        def __init__(self, chunks: list[bytes]) -> None:
+            self.chunks = chunks
+
+        def __iter__(self) -> Iterator[bytes]:
+            return iter(self.chunks)
+
+        def close(self) -> None:
+            closed.append(True)
+
+    def app(environ: t.Any, start_response: t.Any) -> t.Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+        if body == "file":
+            return environ["wsgi.file_wrapper"](Body([b"x"]))
+        return Body([b"x" * 65536] * 20)  # 1.25 MiB: more than is held
+
+    class FileWrapper(Body):
+        def __init__(self, inner: Body) -> None:
+            super().__init__(inner.chunks)
+
+    def refuse(*args: t.Any) -> t.NoReturn:
+        raise ValueError("the server refuses this status")
+
+    check = TeardownCheck(app, teardown="raise")
+    check.watch_engine(engine)
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/",
+        "wsgi.file_wrapper": FileWrapper,
+    }
+    with pytest.raises(ValueError, match="refuses"):
+        check(environ, refuse)
+    assert closed == [True]
+    assert threading.get_ident() not in check.watch.current
+    # The next request on the thread is checked as usual.
+    started: list[str] = []
+    response = check(
+        environ, lambda status, headers, exc_info=None: started.append(status)
+    )
+    assert started == ["200 OK"]
+    getattr(response, "close", lambda: None)()
+    assert threading.get_ident() not in check.watch.current
+
+
 def test_nothing_watched_costs_one_check() -> None:
     def app(environ: t.Any, start_response: t.Any) -> list[bytes]:
         start_response("200 OK", [])
