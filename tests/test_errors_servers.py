@@ -112,21 +112,51 @@ def test_pitfall5_head_gets_headers_and_no_body(gunicorn_server: t.Any) -> None:
     assert response.status_code == 405 and "POST" in allowed(response)
 
 
-def test_pitfall5_stream_failure_closes_the_connection(gunicorn_server: t.Any) -> None:
-    server = gunicorn_server("app:app", cwd=EXAMPLES / "pitfall5_errors")
-    with requests.get(server.url + "/report", timeout=TIMEOUT, stream=True) as response:
+@pytest.mark.parametrize(
+    ("target", "cwd", "path", "sent", "after"),
+    [
+        pytest.param(
+            "app:app",
+            EXAMPLES / "pitfall5_errors",
+            "/report",
+            b"id,name\n1,Beetle\n2,2CV\n",
+            ("/", {"cars": 2}),
+            id="pitfall5-flask",
+        ),
+        pytest.param(
+            "errors_apps:plain_app",
+            APPS,
+            "/stream",
+            b"id,name\n",
+            ("/", "ready"),
+            id="plain-wsgi",
+        ),
+    ],
+)
+def test_stream_failure_closes_the_connection(
+    gunicorn_server: t.Any,
+    target: str,
+    cwd: Path,
+    path: str,
+    sent: bytes,
+    after: tuple[str, object],
+) -> None:
+    server = gunicorn_server(target, cwd=cwd)
+    with requests.get(server.url + path, timeout=TIMEOUT, stream=True) as response:
         assert response.status_code == 200
         request_id = response.headers["X-Request-ID"]
         received = b""
         with pytest.raises(requests.exceptions.ChunkedEncodingError):
             for chunk in response.iter_content(None):
                 received += chunk
-    assert received == b"id,name\n1,Beetle\n2,2CV\n"  # no half JSON appended
+    assert received == sent  # no half JSON appended
     (line,) = log_lines(server, "response failed after it started", request_id)
     assert line["status"] == 200
     assert "the database went away" in str(line["exception"])
     # The worker goes on serving.
-    assert requests.get(server.url + "/", timeout=TIMEOUT).json() == {"cars": 2}
+    next_path, answer = after
+    response = requests.get(server.url + next_path, timeout=TIMEOUT)
+    assert (response.json() if isinstance(answer, dict) else response.text) == answer
 
 
 # -- plain WSGI and Django under gunicorn ----------------------------------------------
@@ -153,22 +183,6 @@ def test_plain_wsgi_under_gunicorn(
         assert allowed(response) == {"GET"}
     if path == "/stock-page":
         assert problem["detail"] == "no such car"
-
-
-def test_plain_wsgi_stream_failure_under_gunicorn(gunicorn_server: t.Any) -> None:
-    server = gunicorn_server("errors_apps:plain_app", cwd=APPS)
-    with requests.get(server.url + "/stream", timeout=TIMEOUT, stream=True) as response:
-        assert response.status_code == 200
-        request_id = response.headers["X-Request-ID"]
-        received = b""
-        with pytest.raises(requests.exceptions.ChunkedEncodingError):
-            for chunk in response.iter_content(None):
-                received += chunk
-    assert received == b"id,name\n"  # no half JSON appended
-    (line,) = log_lines(server, "response failed after it started", request_id)
-    assert line["status"] == 200
-    assert "the database went away" in str(line["exception"])
-    assert requests.get(server.url + "/", timeout=TIMEOUT).text == "ready"
 
 
 @pytest.mark.parametrize("server_kind", ["gunicorn", "uwsgi"])
