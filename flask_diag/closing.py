@@ -24,7 +24,7 @@ from werkzeug.wrappers import Response
 from werkzeug.wrappers import response as _response_module
 from werkzeug.wsgi import ClosingIterator
 
-__all__ = ["EndsAtClose", "add_quiet_callback", "inert_response"]
+__all__ = ["EndsAtClose", "add_quiet_callback", "close_iterable", "inert_response"]
 
 _ITER_ENCODED = getattr(
     getattr(_response_module, "_iter_encoded", None), "__code__", object()
@@ -108,6 +108,15 @@ def _without_quiet(callbacks: list[t.Any]) -> list[t.Any]:
     while end > 1 and getattr(callbacks[end - 1], "__func__", None) in _QUIET:
         end -= 1
     return callbacks[:end]
+
+
+def close_iterable(app_iter: object) -> None:
+    """Call ``app_iter.close()`` if it has one (PEP 3333: a server closes
+    every response iterable it was given; a middleware that keeps one from
+    the server closes it itself)."""
+    close = getattr(app_iter, "close", None)
+    if close is not None:
+        close()
 
 
 class EndsAtClose:

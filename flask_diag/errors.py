@@ -102,6 +102,7 @@ from werkzeug.exceptions import InternalServerError
 
 from . import sentry
 from . import sentry_delivery
+from .closing import close_iterable
 from .closing import inert_response
 from .context import ENVIRON_KEY
 from .context import is_file_wrapper
@@ -124,6 +125,7 @@ from .problem import render
 from .problem import status_line
 from .secret_key import is_no_secret_key
 from .secret_key import secret_key_hint
+from .server import forget_headers
 from .settings import Settings
 from .signals import error_enveloped
 from .signals import send_safely
@@ -386,14 +388,22 @@ class ErrorEnvelope:
             app_iter = self.app(environ, response)
         except Exception as exc:
             return response.answer_exception(exc)
-        if response.status is not None and inert_response(app_iter):
+        if (
+            response.status is not None
+            and response.held is None
+            and inert_response(app_iter)
+        ):
             # Started, below 400 or with an error response the app chose, and
             # a werkzeug body already in memory (Flask's common case): the
             # server's iteration and close cannot raise, nothing to guard.
             return app_iter
         if is_file_wrapper(environ, app_iter):
             # Let the server send the file itself (sendfile): no inspection.
-            response.release()
+            try:
+                response.release()
+            except BaseException:
+                close_iterable(app_iter)  # the server will never see it
+                raise
             return app_iter
         response.app_iter = app_iter
         return response
@@ -453,6 +463,8 @@ class _GuardedResponse:
     status: str | None = None
     held: tuple[str, list[tuple[str, str]], OptExcInfo | None] | None = None
     written: list[bytes] | None = None
+    #: The server's ``write()`` for a status forwarded after being held.
+    server_write: t.Callable[[bytes], object] | None = None
     sent = False
 
     # Set by ``ErrorEnvelope.__call__``.
@@ -467,10 +479,31 @@ class _GuardedResponse:
         exc_info: OptExcInfo | None = None,
     ) -> t.Callable[[bytes], object]:
         # ``status < "4"`` is true exactly when its first digit is 1, 2 or 3.
-        if status < "4":
+        if status < "4" and exc_info is None:
             self.status = status
-            return self.server_start_response(status, headers, exc_info)
+            return self.server_start_response(status, headers, None)
+        if exc_info is not None:
+            # The app replaces its status: what was held of the old one
+            # (status, ``write()`` data) is void.
+            self.held = None
+            self.written = None
+            if status < "4":
+                return self.restart(status, headers, exc_info)
         return self._start_error(status, headers, exc_info)
+
+    def restart(
+        self,
+        status: str,
+        headers: list[tuple[str, str]],
+        exc_info: OptExcInfo | None,
+    ) -> t.Callable[[bytes], object]:
+        """Forward a status that replaces one the server may have been
+        given already (``exc_info``: the server re-raises if the headers are
+        out)."""
+        if exc_info is not None and self.status is not None:
+            forget_headers(self.server_start_response)
+        self.status = status
+        return self.server_start_response(status, headers, exc_info)
 
     def _start_error(
         self,
@@ -490,27 +523,29 @@ class _GuardedResponse:
                 # leaves the app and is answered by ``answer_exception``.
                 raise cause.copy()
         if _is_chosen(self.environ, status, headers):
-            self.status = status
-            return self.server_start_response(status, headers, exc_info)
+            return self.restart(status, headers, exc_info)
         self.held = (status, headers, exc_info)
         return self._write
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes) -> object:
         # The legacy ``write()`` of an error response being held: kept with
-        # the body, in order.
+        # the body, in order; once the status is out, the server's own.
+        if self.held is None and self.server_write is not None:
+            return self.server_write(data)
         if self.written is None:
             self.written = []
         self.written.append(data)
+        return None
 
     def release(self) -> None:
         """Forward a held status unchanged (the body will not be read)."""
         held = self.held
         if held is not None:
             self.held = None
-            self.status = held[0]
-            write = self.server_start_response(*held)
+            self.server_write = write = self.restart(*held)
             for data in self.written or ():
                 write(data)
+            self.written = None
 
     def __iter__(self) -> t.Iterator[bytes]:
         # A plain loop rather than ``yield from``: closing this generator
@@ -542,9 +577,10 @@ class _GuardedResponse:
         self.held = None
         status, headers, exc_info = held
         chunks = list(self.written or ())
-        self.written = None
         if first:
             chunks.append(first)
+        # ``write()`` calls made while the rest is read land here, in order.
+        self.written = chunks
         size = sum(len(c) for c in chunks)
         # ``iter(iterator.__next__, None)`` rather than ``iterator`` itself:
         # a ``for`` loop calls ``iter()`` again, and an iterator whose
@@ -559,6 +595,7 @@ class _GuardedResponse:
                     break
             else:
                 rest = None
+        self.written = None
         if rest is None:
             answer = _answer_for_page(status, headers, b"".join(chunks))
             if answer is not None:
@@ -569,15 +606,13 @@ class _GuardedResponse:
                         h for h in headers if h[0].lower() not in _BODY_HEADERS
                     ],
                 )
-                self.status = line
-                self.server_start_response(line, new_headers, exc_info)
+                self.server_write = self.restart(line, new_headers, exc_info)
                 if self.environ.get("REQUEST_METHOD") != "HEAD":
                     self.sent = True
                     yield body
                 return
         # The app's own error response: unchanged.
-        self.status = status
-        self.server_start_response(status, headers, exc_info)
+        self.server_write = self.restart(status, headers, exc_info)
         for chunk in chunks:
             if chunk:
                 self.sent = True
@@ -608,16 +643,19 @@ class _GuardedResponse:
             def start(
                 status: str, headers: list[tuple[str, str]], _: t.Any = None
             ) -> t.Callable[[bytes], object]:
-                return self.server_start_response(status, headers, exc_info)
+                return self.restart(status, headers, exc_info)
 
-            return list(exc.get_response(environ)(environ, start))
+            answered = exc.get_response(environ)(environ, start)
+            try:
+                return list(answered)
+            finally:
+                close_iterable(answered)
         answer = answer_for_exception(environ, exc, owner.exceptions, owner._flask_app)
         line, headers, body = owner._envelope(environ, answer)
         try:
-            self.server_start_response(line, headers, exc_info)
+            self.restart(line, headers, exc_info)
         except Exception:
             raise exc from None
-        self.status = line
         if environ.get("REQUEST_METHOD") == "HEAD":
             return []
         return [body]

@@ -110,6 +110,7 @@ __all__ = [
     "ServerProfile",
     "current",
     "detect",
+    "forget_headers",
     "format_address",
     "is_local_ip",
     "scan_listeners",
@@ -117,6 +118,28 @@ __all__ = [
 
 #: The environ key holding the :class:`ServerProfile` of the serving process.
 ENVIRON_KEY = "flask_diag.server"
+
+
+def forget_headers(start_response: t.Callable[..., object]) -> None:
+    """Make the server forget the headers of a status about to be replaced.
+
+    PEP 3333: ``start_response(status, headers, exc_info)`` before anything
+    was sent replaces the status and headers given earlier. gunicorn (27.0 at
+    least) replaces the status but keeps the earlier headers and adds the new
+    ones: a replacement error response would go out with the app's headers
+    too, two ``Content-Type`` and two ``Content-Length`` among them. Called
+    before such a call; a no-op for every other server, and for gunicorn once
+    its headers are out (it re-raises then).
+    """
+    response: t.Any = getattr(start_response, "__self__", None)
+    if (
+        type(response).__module__ == "gunicorn.http.wsgi"
+        and getattr(response, "headers_sent", True) is False
+        and isinstance(getattr(response, "headers", None), list)
+    ):
+        response.headers = []
+        response.response_length = None
+        response.upgrade = False
 
 
 def format_address(host: str, port: int) -> str:

@@ -56,6 +56,7 @@ from .context import RequestInfo
 from .internal import logger
 from .internal import report_internal_error
 from .logging import structlog_vars
+from .server import forget_headers
 from .settings import Settings
 from .signals import request_finished
 from .signals import request_tagged
@@ -260,6 +261,10 @@ class _TaggedResponse(EndsAtClose, RequestInfo):
         if owner._server_timing:
             elapsed = (time.perf_counter() - self.started) * 1000.0
             headers.append(("Server-Timing", f"app;dur={elapsed:.2f}"))
+        if exc_info is not None:
+            # A status replacing one given earlier (the error envelope's
+            # answer to a body that failed before its first chunk).
+            forget_headers(self.server_start_response)
         return self.server_start_response(status, headers, exc_info)
 
     def __iter__(self) -> t.Iterator[bytes]:

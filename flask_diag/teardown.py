@@ -72,6 +72,7 @@ from threading import get_ident
 
 from . import sentry
 from .closing import add_quiet_callback
+from .closing import close_iterable
 from .closing import EndsAtClose
 from .context import current_pid
 from .context import is_file_wrapper
@@ -463,7 +464,7 @@ class TeardownCheck:
             else:
                 iterator = None  # type: ignore[assignment]
         except BaseException:
-            _close(app_iter)
+            close_iterable(app_iter)
             self.finish(request)
             raise
         if iterator is not None:
@@ -473,7 +474,7 @@ class TeardownCheck:
             request.app_iter = app_iter
             return request
         try:
-            _close(app_iter)
+            close_iterable(app_iter)
         finally:
             findings = self.finish(request)
         if findings:
@@ -491,7 +492,7 @@ class TeardownCheck:
             held.commit()
         except BaseException:
             try:
-                _close(app_iter)
+                close_iterable(app_iter)
             finally:
                 self.finish(request)
             raise
@@ -500,12 +501,6 @@ class TeardownCheck:
 def _chain(first: list[bytes], rest: t.Iterator[bytes]) -> t.Iterator[bytes]:
     yield from first
     yield from rest
-
-
-def _close(app_iter: t.Iterable[bytes]) -> None:
-    close = getattr(app_iter, "close", None)
-    if close is not None:
-        close()
 
 
 class _HeldStart:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import io
 import json
 import os
 import re
@@ -43,6 +44,7 @@ from servers import free_port
 from servers import line_of
 from werkzeug.datastructures import Headers
 from werkzeug.datastructures import WWWAuthenticate
+from werkzeug.exceptions import InternalServerError
 from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.exceptions import NotFound
 from werkzeug.exceptions import TooManyRequests
@@ -50,6 +52,7 @@ from werkzeug.exceptions import Unauthorized
 from werkzeug.test import Client
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request as WRequest
+from werkzeug.wrappers import Response as WResponse
 
 import flask_diag.errors
 import flask_diag.logging
@@ -858,6 +861,112 @@ def test_exception_in_a_close_callback_is_logged_and_reraised(
     (line,) = logged(logs, "response failed after it started")
     assert line["exc_info"][1] is result.error
     assert line["request_id"] == result.headers["X-Request-ID"]
+
+
+# -- start_response called twice, write(), close() (PEP 3333) ---------------------
+
+
+def _exc_info() -> t.Any:
+    try:
+        raise LookupError("replaced")
+    except LookupError:
+        return sys.exc_info()
+
+
+def test_an_error_replacing_a_started_success_is_enveloped() -> None:
+    # 200 first, then a stock 500 page given with exc_info and a werkzeug
+    # body in memory: the 500 is answered, not sent as the 200.
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> t.Any:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        page = InternalServerError().get_response(environ)
+        return page(environ, lambda s, h, e=None: start_response(s, h, _exc_info()))
+
+    result = run_wsgi(wrap(app, environ={}), environ_for("/"))
+    assert_envelope(result, 500, "internal_error")
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "body"),
+    [
+        ("302 FOUND", [("Location", "/login")], b""),
+        ("500 INTERNAL SERVER ERROR", [("Content-Type", "application/json")], b"{}"),
+    ],
+    ids=["redirect", "own-json-500"],
+)
+def test_a_held_error_the_app_replaces_is_forgotten(
+    status: str, headers: list[tuple[str, str]], body: bytes
+) -> None:
+    # A stock-looking 404 is held, then replaced (exc_info) by a redirect or
+    # by the app's own JSON 500: what the app chose last goes out, once.
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        start_response("404 NOT FOUND", [("Content-Type", "text/html")])
+        start_response(status, headers, _exc_info())
+        return [body]
+
+    result = run_wsgi(wrap(app, environ={}), environ_for("/"))
+    assert result.error is None
+    assert result.status == status
+    assert result.body == body
+    for name, value in headers:
+        assert result.headers[name] == value
+
+
+def test_write_while_a_held_error_body_is_read_keeps_its_place() -> None:
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> t.Any:
+        write = start_response("404 Not Found", [("Content-Type", "text/plain")])
+
+        def body() -> Iterator[bytes]:
+            yield b"no car "
+            write(b"with that id")
+            yield b"."
+
+        return body()
+
+    result = run_wsgi(wrap(app, environ={}), environ_for("/"))
+    assert result.status == "404 Not Found"
+    assert result.body == b"no car with that id."
+
+
+def test_an_aborted_response_is_closed() -> None:
+    events: list[str] = []
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> t.Any:
+        response = WResponse(b"maintenance", 503, mimetype="text/plain")
+        response.call_on_close(lambda: events.append("closed"))
+        abort(response)
+
+    result = run_wsgi(wrap(app, environ={}), environ_for("/"))
+    assert (result.status_code, result.body) == (503, b"maintenance")
+    assert events == ["closed"]
+
+
+def test_a_file_response_whose_status_the_server_refuses_is_closed() -> None:
+    # A held error sent as a file: the status goes to the server when the
+    # app returns; when the server refuses it, the file is closed anyway.
+    opened = io.BytesIO(b"<p>gone</p>")
+
+    class FileWrapper:
+        def __init__(self, filelike: t.Any) -> None:
+            self.filelike = filelike
+
+        def __iter__(self) -> Iterator[bytes]:
+            return iter([self.filelike.read()])
+
+        def close(self) -> None:
+            self.filelike.close()
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> t.Any:
+        start_response("404 Not Found", [("Content-Type", "text/html")])
+        return environ["wsgi.file_wrapper"](opened)
+
+    def refuse(*args: t.Any) -> t.NoReturn:
+        raise ValueError("the server refuses this status")
+
+    environ = environ_for("/")
+    environ["wsgi.file_wrapper"] = FileWrapper
+    with pytest.raises(ValueError, match="refuses"):
+        ErrorEnvelope(app)(environ, refuse)
+    assert opened.closed
 
 
 def test_a_plain_success_goes_out_as_werkzeugs_own_iterator() -> None:

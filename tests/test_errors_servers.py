@@ -9,7 +9,9 @@ real HTTP endpoint on 127.0.0.1 (``sentry_endpoint.py``).
 
 from __future__ import annotations
 
+import json
 import re
+import socket
 import time
 import typing as t
 from pathlib import Path
@@ -157,6 +159,31 @@ def test_stream_failure_closes_the_connection(
     next_path, answer = after
     response = requests.get(server.url + next_path, timeout=TIMEOUT)
     assert (response.json() if isinstance(answer, dict) else response.text) == answer
+
+
+def test_an_answer_in_place_of_a_started_status_has_only_its_own_headers(
+    gunicorn_server: t.Any,
+) -> None:
+    # gunicorn keeps the headers of a status that start_response(...,
+    # exc_info) replaces: the envelope makes it forget them, or the 500 would
+    # carry the download's headers too, two Content-Types and two lengths.
+    server = gunicorn_server("errors_apps:flask_app", cwd=APPS)
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:
+        sock.sendall(b"GET /export HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    names = [line.split(":", 1)[0].lower() for line in lines]
+    headers = dict(line.split(": ", 1) for line in lines)
+    assert status.startswith("HTTP/1.1 500 ")
+    assert names.count("content-type") == 1 and names.count("content-length") == 1
+    assert "x-export" not in names
+    assert headers["Content-Type"] == PROBLEM_JSON
+    assert int(headers["Content-Length"]) == len(body)
+    assert json.loads(body)["code"] == "internal_error"
 
 
 # -- plain WSGI and Django under gunicorn ----------------------------------------------

@@ -81,6 +81,19 @@ def maintenance() -> str:
     abort(503, retry_after=60)
 
 
+@flask_app.get("/export")
+def export() -> t.Any:
+    # A streamed download whose first chunk fails: the envelope answers in
+    # place of the status and headers already given to the server.
+    from flask import Response
+
+    def rows() -> Iterator[str]:
+        raise ConnectionError("the database went away")
+        yield "id,name\n"  # never reached
+
+    return Response(rows(), mimetype="text/csv", headers={"X-Export": "cars.csv"})
+
+
 @flask_app.post("/upload")
 def upload() -> str:
     from flask import request
