@@ -186,6 +186,25 @@ _GUNICORN_REPLACED = frozenset(
 )
 
 
+#: Where werkzeug's ``ProxyFix`` keeps the values it replaced.
+_PROXY_FIX_ORIG = "werkzeug.proxy_fix.orig"
+
+
+def _as_received(environ: WSGIEnvironment, key: str) -> t.Any:
+    """``environ[key]`` as the server set it.
+
+    werkzeug's ``ProxyFix`` outside the gate (Flask's documented recipe,
+    applied after ``Diag(app)``) rewrites ``REMOTE_ADDR`` and ``HTTP_HOST``
+    from ``X-Forwarded-*`` headers that any client can send. The gate reads
+    what the server saw: forwarded headers count only from
+    ``FLASK_DIAG_DEBUGGER_TRUSTED_PROXIES``.
+    """
+    orig = environ.get(_PROXY_FIX_ORIG)
+    if isinstance(orig, dict) and key in orig:
+        return orig[key]
+    return environ.get(key)
+
+
 def _ip(text: object) -> _IP | None:
     if not isinstance(text, str) or not text:
         return None
@@ -661,7 +680,7 @@ class DebuggerGate:
         hop is a trusted proxy, says nothing about the client: never take the
         proxy's own (often loopback) address for it.
         """
-        remote = _ip(environ.get("REMOTE_ADDR"))
+        remote = _ip(_as_received(environ, "REMOTE_ADDR"))
         if remote is None or not self._proxies or not _in(remote, self._proxies):
             return remote
         forwarded = environ.get("HTTP_X_FORWARDED_FOR")
@@ -675,7 +694,7 @@ class DebuggerGate:
 
     def _via_https_proxy(self, environ: WSGIEnvironment) -> bool:
         """Whether a trusted proxy says the browser spoke HTTPS to it."""
-        remote = _ip(environ.get("REMOTE_ADDR"))
+        remote = _ip(_as_received(environ, "REMOTE_ADDR"))
         if remote is None or not self._proxies or not _in(remote, self._proxies):
             return False
         proto = str(environ.get("HTTP_X_FORWARDED_PROTO", ""))
@@ -701,7 +720,7 @@ class DebuggerGate:
         return found
 
     def _host_trusted(self, environ: WSGIEnvironment) -> bool:
-        name = _host_name(environ.get("HTTP_HOST"))
+        name = _host_name(_as_received(environ, "HTTP_HOST"))
         if name is None:
             return False
         if name in self._exact_hosts:
@@ -718,9 +737,9 @@ class DebuggerGate:
         if environ.get("wsgi.multiprocess"):
             return False
         key = (
-            environ.get("REMOTE_ADDR"),
+            _as_received(environ, "REMOTE_ADDR"),
             environ.get("HTTP_X_FORWARDED_FOR") if self._proxies else None,
-            environ.get("HTTP_HOST"),
+            _as_received(environ, "HTTP_HOST"),
         )
         admitted = self._admit_cache.get(key)
         if admitted is None:

@@ -32,6 +32,7 @@ from debugger_pages import page_secret
 from debugger_pages import PIN
 from werkzeug.debug import get_pin_and_cookie_name
 from werkzeug.debug import hash_pin
+from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.serving import make_server
 from werkzeug.test import Client
 from werkzeug.test import EnvironBuilder
@@ -382,6 +383,40 @@ def test_console_on_still_gated(flask_target: t.Callable[..., Target]) -> None:
 
 
 # -- cookie forgery --
+
+
+def test_proxy_fix_outside_the_gate_is_not_a_way_in() -> None:
+    # Flask's documented recipe, applied after Diag(app): ProxyFix rewrites
+    # REMOTE_ADDR and Host from X-Forwarded-* headers any client can send.
+    # The gate reads what the server saw; a foreign client stays foreign.
+    app = debug_app("proxied")
+    Diag(app, debugger=True, debugger_pin=PIN, debugger_console=True)
+    (gate,) = find_in_stack(app.wsgi_app, DebuggerGate)
+    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_host=1)  # type: ignore[method-assign]
+    client = Client(app)
+    spoofed = {
+        "Host": "staging.example.com",
+        "X-Forwarded-For": "127.0.0.1",
+        "X-Forwarded-Host": "localhost",
+    }
+    try:
+        response = client.get("/boom", headers=spoofed, environ_overrides=FOREIGN)
+        assert response.status_code == 500
+        assert response.mimetype == "application/problem+json"
+        assert not debugger_content(response)
+        assert (
+            client.get(
+                "/console", headers=spoofed, environ_overrides=FOREIGN
+            ).status_code
+            == 404
+        )
+        # The real loopback client is still let in through the same ProxyFix.
+        own = client.get(
+            "/boom", headers={"Host": "localhost"}, environ_overrides=LOOPBACK
+        )
+        assert debugger_content(own)
+    finally:
+        gate.close()
 
 
 def test_forged_cookies_refused(flask_target: t.Callable[..., Target]) -> None:
