@@ -62,7 +62,10 @@ def settings_command() -> None:
     """Print the effective flask_diag settings of the app and their variables."""
     settings = current_app.extensions["diag"].settings_for(current_app)
     for name, option in OPTIONS.items():
-        click.echo(f"{name:<20} {_show(getattr(settings, name)):<12} {option.env}")
+        value = getattr(settings, name)
+        if option.secret and value is not None:
+            value = "(set, not shown)"
+        click.echo(f"{name:<20} {_show(value):<12} {option.env}")
 
 
 @diag_cli.command(

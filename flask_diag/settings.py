@@ -50,6 +50,9 @@ class Option(t.NamedTuple):
     config: str
     accepted: str
     doc: str
+    #: A secret (the debugger's PIN): never shown in messages, ``repr()`` or
+    #: ``flask diag settings``.
+    secret: bool = False
 
 
 def _parse_bool(value: object) -> bool:
@@ -204,15 +207,18 @@ def _setting(
     *,
     env: str | None = None,
     config: str | None = None,
+    secret: bool = False,
 ) -> t.Any:
     return dataclasses.field(
         default=default,
+        repr=not secret,
         metadata={
             "parse": parse,
             "accepted": accepted,
             "doc": doc,
             "env": env,
             "config": config,
+            "secret": secret,
         },
     )
 
@@ -381,6 +387,7 @@ class Settings:
         "The debugger's PIN. Unset, a new random one is made at each start "
         "and written to a file only the server's user can read (its path is "
         "logged, the PIN never is). There is no way to switch the PIN off.",
+        secret=True,
     )
     debugger_ttl: float = _setting(
         3600.0,
@@ -527,8 +534,13 @@ def _parse(option: Option, value: object, source: str) -> object:
     try:
         return field.metadata["parse"](value)
     except (ValueError, TypeError):
+        shown = (
+            f"<a value of {len(str(value))} characters, not shown>"
+            if option.secret
+            else repr(value)
+        )
         raise DiagConfigError(
-            f"{source}{value!r} is not valid: accepted values are {option.accepted}."
+            f"{source}{shown} is not valid: accepted values are {option.accepted}."
         ) from None
 
 
@@ -550,6 +562,7 @@ OPTIONS: dict[str, Option] = {
         config=f.metadata["config"] or f"DIAG_{f.name.upper()}",
         accepted=f.metadata["accepted"],
         doc=f.metadata["doc"],
+        secret=f.metadata["secret"],
     )
     for f in dataclasses.fields(Settings)
 }

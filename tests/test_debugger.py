@@ -36,6 +36,7 @@ from flask_diag.debugger import _gates
 from flask_diag.debugger import DebuggerGate
 from flask_diag.debugger import one_process_command
 from flask_diag.debugger_pin import PinLock
+from flask_diag.internal import find_in_stack
 from flask_diag.server import Listener
 from flask_diag.server import ServerProfile
 from flask_diag.settings import Settings
@@ -583,6 +584,33 @@ def test_weak_or_empty_pin_refused(monkeypatch: pytest.MonkeyPatch, pin: str) ->
     monkeypatch.setenv("FLASK_DIAG_DEBUGGER_PIN", pin)
     with pytest.raises(DiagConfigError, match="FLASK_DIAG_DEBUGGER_PIN"):
         Diag(Flask("weak"))
+
+
+def test_the_pin_is_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Not in the start-up error of a rejected PIN (the one the operator
+    # fixes it to is likely close), nor in repr() or `flask diag settings`.
+    monkeypatch.setenv("FLASK_DIAG_DEBUGGER", "on")
+    monkeypatch.setenv("FLASK_DIAG_DEBUGGER_PIN", "Staging!Pin-2024")
+    with pytest.raises(DiagConfigError, match="FLASK_DIAG_DEBUGGER_PIN") as refused:
+        Diag(Flask("rejected"))
+    assert "Staging" not in str(refused.value)
+    assert "16 characters" in str(refused.value)
+    monkeypatch.setenv("FLASK_DIAG_DEBUGGER_PIN", PIN)
+    app = Flask("shown")
+    diag = Diag(app)
+    try:
+        settings = diag.settings_for(app)
+        pin = settings.debugger_pin
+        assert pin is not None
+        assert pin not in repr(settings)
+        result = app.test_cli_runner().invoke(args=["diag", "settings"])
+        assert result.exit_code == 0, result.output
+        assert pin not in result.output
+        (line,) = [ln for ln in result.output.splitlines() if "DEBUGGER_PIN" in ln]
+        assert "(set, not shown)" in line
+    finally:
+        for gate in find_in_stack(app.wsgi_app, DebuggerGate):
+            gate.close()
 
 
 def test_operator_pin_no_file(make: t.Callable[..., DebuggerPages]) -> None:
