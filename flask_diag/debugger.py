@@ -122,6 +122,7 @@ from werkzeug.wrappers import Response
 
 from .context import request_info
 from .debugger_pin import PinLock
+from .debugger_pin import server_key
 from .errors import PROPAGATE_KEY
 from .exceptions import DiagConfigError
 from .internal import capture_internal_exceptions
@@ -542,7 +543,9 @@ class DebuggerGate:
         self._console_path = _CONSOLE_PATH if settings.debugger_console else None
         debugger_js = patched_debugger_js()  # before any PIN file exists
         try:
-            lock = PinLock.activate(settings.debugger_pin, ttl=settings.debugger_ttl)
+            lock = PinLock.activate(
+                settings.debugger_pin, ttl=settings.debugger_ttl, server=server_key()
+            )
         except ValueError as e:  # a PIN too short once normalised
             raise DiagConfigError(
                 f"flask_diag's debugger refuses to start: {e}. Set"
@@ -558,11 +561,18 @@ class DebuggerGate:
             max_tracebacks=settings.debugger_frames,
             debugger_js=debugger_js,
         )
+        if lock.expired():
+            # A worker that replaced one of this server after the end of the
+            # server's activation (gunicorn --max-requests): still off.
+            self._expire("expired")
+            return
         flask_app = find_flask_app(app)
         if flask_app is not None:
             self.register_flask(flask_app)
         self._announce(profile)
-        timer = threading.Timer(settings.debugger_ttl, self._expire, ("expired",))
+        # What is left of the server's activation (a worker that replaced
+        # one takes over its expiry).
+        timer = threading.Timer(lock.remaining(), self._expire, ("expired",))
         timer.daemon = True
         timer.start()
         self._timer = timer

@@ -26,6 +26,14 @@ Why not werkzeug's own PIN handling:
 - its unlock cookie is valid for a week and across restarts; here it is
   bound to the activation (a random nonce in its hash, a random cookie name)
   and never valid beyond the expiry.
+
+One activation per server, not per worker process: gunicorn replaces its
+worker after ``--max-requests`` (which any client can count up), and each new
+worker imports the app again. The processes of one server share a small
+record (:func:`server_key`, in a private directory of this user): the start
+of the activation, so its expiry does not move; the PIN file, so the PIN and
+its rotation carry over; and the failed attempts and lockout, so a new
+worker does not grant new guesses.
 """
 
 from __future__ import annotations
@@ -33,13 +41,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import json
 import os
 import secrets
 import shutil
+import stat
 import tempfile
 import threading
 import time
 import typing as t
+import weakref
 
 from .settings import PIN_MIN_LENGTH
 
@@ -50,6 +61,7 @@ __all__ = [
     "LOCKOUT",
     "MIN_PIN_LENGTH",
     "random_pin",
+    "server_key",
     "write_pin_file",
     "replace_pin_file",
 ]
@@ -137,6 +149,7 @@ class PinLock:
         pin_file: str | None,
         max_failures: int = MAX_FAILURES,
         lockout: float = LOCKOUT,
+        started_wall: float | None = None,
     ) -> None:
         self._pin = _normalise(pin)
         # Second guard behind the settings' own check: "--------" would
@@ -148,10 +161,13 @@ class PinLock:
             )
         #: Where the PIN was written, or ``None`` (the operator chose it).
         self.pin_file = pin_file
-        self.started_wall = time.time()
-        self.expires = time.monotonic() + ttl
+        now = time.time()
+        #: When the activation started (earlier than now for a worker that
+        #: took over the activation of the server, see :func:`server_key`).
+        self.started_wall = now if started_wall is None else min(started_wall, now)
         #: The expiry as a Unix time, for messages.
         self.expires_wall = self.started_wall + ttl
+        self.expires = time.monotonic() + (self.expires_wall - now)
         self.max_failures = max_failures
         self.lockout = lockout
         # Binds the cookie to this activation: an unlock cookie of an earlier
@@ -166,17 +182,99 @@ class PinLock:
         self._failures = 0
         self._lockouts = 0
         self._locked_until = 0.0
+        #: The server's shared record (:func:`server_key`), or ``None``.
+        self.record: str | None = None
+        self._activated_by = os.getpid()
 
     @classmethod
-    def activate(cls, pin: str | None, *, ttl: float) -> PinLock:
-        """A new activation: the operator's ``pin``, or a fresh random one
-        written to a 0600 file."""
+    def activate(
+        cls, pin: str | None, *, ttl: float, server: str | None = None
+    ) -> PinLock:
+        """An activation: the operator's ``pin``, or a fresh random one
+        written to a 0600 file.
+
+        With ``server`` (:func:`server_key`), the activation of that server
+        when one of its processes made one already: its start, PIN file,
+        failed attempts and lockout; else a new one, recorded for the
+        server's next processes.
+        """
+        record_path = _record_path(server) if server is not None else None
+        shared = _read_record(record_path) if record_path is not None else None
+        if shared is not None and shared.get("pid") == os.getpid():
+            # Made by another gate of this very process (two apps, a test
+            # suite): each gate of a process has an activation of its own.
+            shared = None
+        started = shared.get("started") if shared is not None else None
+        if not isinstance(started, (int, float)):
+            started = None
+        pin_file = shared.get("pin_file") if shared is not None else None
+        if pin is None and isinstance(pin_file, str):
+            pin = _read_pin(pin_file)
         if pin is None:
             pin = random_pin()
-            lock = cls(pin, ttl=ttl, pin_file=None)  # checked before written
-            lock.pin_file = write_pin_file(pin)
-            return lock
-        return cls(pin, ttl=ttl, pin_file=None)
+            lock = cls(pin, ttl=ttl, pin_file=None, started_wall=started)
+            if not lock.expired():  # no PIN file for an activation that is over
+                lock.pin_file = write_pin_file(pin)  # checked before written
+        else:
+            lock = cls(pin, ttl=ttl, pin_file=None, started_wall=started)
+            if isinstance(pin_file, str) and shared is not None:
+                lock.pin_file = pin_file
+        if record_path is not None:
+            lock.record = record_path
+            lock._activated_by = os.getpid()
+            if shared is not None:
+                lock._restore(shared)
+                pid = shared.get("pid")
+                if isinstance(pid, int):
+                    lock._activated_by = pid
+            lock._save()
+            _shared_locks.add(lock)
+        return lock
+
+    # -- the server's shared record --------------------------------------------
+
+    def _state(self) -> dict[str, object]:
+        return {
+            "pid": self._activated_by,
+            "started": self.started_wall,
+            "pin_file": self.pin_file,
+            "failures": self._failures,
+            "lockouts": self._lockouts,
+            # Monotonic clocks differ between processes: stored as Unix time.
+            "locked_until": time.time() + (self._locked_until - time.monotonic())
+            if self._locked_until
+            else 0.0,
+        }
+
+    def _restore(self, shared: dict[str, t.Any]) -> None:
+        failures = shared.get("failures")
+        lockouts = shared.get("lockouts")
+        until = shared.get("locked_until")
+        if isinstance(failures, int) and failures >= 0:
+            self._failures = failures
+        if isinstance(lockouts, int) and lockouts >= 0:
+            self._lockouts = lockouts
+        if isinstance(until, (int, float)) and until > time.time():
+            self._locked_until = time.monotonic() + (until - time.time())
+
+    def _save(self) -> None:
+        if self.record is not None:
+            with contextlib.suppress(OSError):
+                _write_record(self.record, self._state())
+
+    def _reload(self) -> None:
+        """In a process forked from the one that activated (gunicorn
+        ``--preload``): take the record's state and the PIN file's current
+        PIN, which earlier workers may have changed."""
+        if self.record is None:
+            return
+        shared = _read_record(self.record)
+        if shared is not None:
+            self._restore(shared)
+        if self.pin_file is not None:
+            pin = _read_pin(self.pin_file)
+            if pin is not None:
+                self._pin = _normalise(pin)
 
     def expired(self) -> bool:
         """Whether the activation is over."""
@@ -200,6 +298,7 @@ class PinLock:
             if hmac.compare_digest(_normalise(entered), self._pin):
                 self._failures = 0
                 self._rotate()
+                self._save()
                 return Attempt(True, False, 0, 0.0)
             self._failures += 1
             failures = self._failures
@@ -207,7 +306,9 @@ class PinLock:
                 self._locked_until = now + self.lockout * (2**self._lockouts)
                 self._lockouts += 1
                 self._failures = 0
+                self._save()
                 return Attempt(False, True, failures, self._locked_until)
+            self._save()
             return Attempt(False, False, failures, 0.0)
 
     def _rotate(self) -> None:
@@ -249,6 +350,164 @@ class PinLock:
         return self.started_wall - 1 <= ts <= time.time() + 1
 
     def remove_file(self) -> None:
-        """Delete the PIN file and its private directory, if any."""
+        """Delete the PIN file and its private directory, if any. The
+        server's record stays: its later processes must see the activation
+        over."""
         if self.pin_file is not None:
             shutil.rmtree(os.path.dirname(self.pin_file), ignore_errors=True)
+        if self.record is not None:
+            # The PIN file is gone: a later process of the server must not
+            # read it, nor make a new one for an activation that is over.
+            state = self._state()
+            state["pin_file"] = None
+            with contextlib.suppress(OSError):
+                _write_record(self.record, state)
+
+
+# -- one activation per server ------------------------------------------------
+
+_RECORDS_PREFIX = "flask-diag-debugger-records-"
+_shared_locks: weakref.WeakSet[PinLock] = weakref.WeakSet()
+
+
+def server_key() -> str | None:
+    """An id of the server this process serves for, shared by its worker
+    processes and unique to the server's process (its pid and start time):
+    the gunicorn or uWSGI master when it is this process's parent (or this
+    process itself), else this process. ``None`` where ``/proc`` cannot tell
+    (not Linux): each process then makes its own activation.
+    """
+    parent = os.getppid()
+    cmdline = _proc_read(parent, "cmdline")
+    if cmdline is not None and (b"gunicorn" in cmdline or b"uwsgi" in cmdline):
+        pid = parent
+    else:
+        pid = os.getpid()
+    started = _start_ticks(pid)
+    return None if started is None else f"{pid}-{started}"
+
+
+def _proc_read(pid: int, name: str) -> bytes | None:
+    try:
+        with open(f"/proc/{pid}/{name}", "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _start_ticks(pid: int) -> int | None:
+    text = _proc_read(pid, "stat")
+    if text is None:
+        return None
+    # The command name, in parentheses, may hold spaces: fields after it.
+    fields = text.rpartition(b")")[2].split()
+    try:
+        return int(fields[19])  # field 22, starttime
+    except (IndexError, ValueError):
+        return None
+
+
+def _records_dir() -> str | None:
+    """This user's private directory of server records (mode 0700, owned by
+    this user, not a symlink), made if missing; ``None`` when it cannot be
+    trusted: each process then makes its own activation."""
+    path = os.path.join(tempfile.gettempdir(), f"{_RECORDS_PREFIX}{os.getuid()}")
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    if (
+        not stat.S_ISDIR(info.st_mode)
+        or info.st_uid != os.getuid()
+        or info.st_mode & 0o077
+    ):
+        return None
+    return path
+
+
+def _record_path(key: str) -> str | None:
+    directory = _records_dir()
+    if directory is None:
+        return None
+    _forget_stale_records(directory)
+    return os.path.join(directory, f"{key}.json")
+
+
+def _read_record(path: str) -> dict[str, t.Any] | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+            return None
+        try:
+            value = json.loads(f.read(65536))
+        except ValueError:
+            return None
+    return value if isinstance(value, dict) else None
+
+
+def _write_record(path: str, state: dict[str, object]) -> None:
+    fresh = f"{path}.{secrets.token_hex(8)}"
+    fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(state, f)
+        os.replace(fresh, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(fresh)
+        raise
+
+
+def _read_pin(path: str) -> str | None:
+    """The PIN in a file :func:`write_pin_file` made (0600, ours), or
+    ``None``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    with os.fdopen(fd, "r", encoding="ascii", errors="replace") as f:
+        info = os.fstat(f.fileno())
+        if info.st_uid != os.getuid() or info.st_mode & 0o077:
+            return None
+        pin = f.read(200).strip()
+    return pin or None
+
+
+def _forget_stale_records(directory: str) -> None:
+    """Delete the records of servers that are gone, with their PIN files."""
+    with contextlib.suppress(OSError):
+        for name in os.listdir(directory):
+            key, _, ext = name.partition(".")
+            pid_text, _, ticks = key.partition("-")
+            if ext != "json" or not pid_text.isdigit():
+                continue
+            if str(_start_ticks(int(pid_text))) == ticks:
+                continue  # that server still runs
+            path = os.path.join(directory, name)
+            shared = _read_record(path)
+            pin_file = shared.get("pin_file") if shared is not None else None
+            pin_dir = os.path.dirname(pin_file) if isinstance(pin_file, str) else ""
+            name = os.path.basename(pin_dir)
+            if (
+                os.path.dirname(pin_dir) == os.path.dirname(directory)
+                and name.startswith("flask-diag-debugger-")
+                and not name.startswith(_RECORDS_PREFIX)
+            ):
+                shutil.rmtree(pin_dir, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
+def _reload_after_fork() -> None:
+    for lock in list(_shared_locks):
+        with contextlib.suppress(Exception):
+            lock._reload()
+
+
+os.register_at_fork(after_in_child=_reload_after_fork)

@@ -10,13 +10,16 @@ server and browser runs are in ``test_debugger_servers.py``.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
 import stat
+import tempfile
 import time
 import typing as t
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from debugger_pages import console_secret
@@ -29,6 +32,7 @@ from flask import Flask
 from werkzeug.test import Client
 
 from flask_diag import debugger as debugger_module
+from flask_diag import debugger_pin
 from flask_diag import Diag
 from flask_diag import DiagConfigError
 from flask_diag import wrap
@@ -611,6 +615,89 @@ def test_the_pin_is_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
     finally:
         for gate in find_in_stack(app.wsgi_app, DebuggerGate):
             gate.close()
+
+
+# -- one activation per server (worker processes replaced) ---------------------
+
+
+@pytest.fixture
+def records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private temporary directory for the servers' records."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    return tmp_path / f"{debugger_pin._RECORDS_PREFIX}{os.getuid()}"
+
+
+def test_a_later_process_takes_over_the_activation(
+    records: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = debugger_pin.server_key()
+    assert key is not None
+    first = PinLock.activate(None, ttl=60, server=key)
+    try:
+        assert first.attempt("0000-0000-0001").failures == 1
+        # The next worker of the same server (another pid), 10 s later.
+        pid = os.getpid()
+        monkeypatch.setattr(os, "getpid", lambda: pid + 1)
+        real_time = time.time
+        monkeypatch.setattr(time, "time", lambda: real_time() + 10)
+        second = PinLock.activate(None, ttl=60, server=key)
+        assert second.pin_file == first.pin_file
+        assert second.started_wall == first.started_wall
+        assert second.expires_wall == first.expires_wall
+        assert 45 < second.remaining() <= 50
+        assert second.attempt("0000-0000-0002").failures == 2
+        assert second.attempt(Path(first.pin_file or "").read_text()).accepted
+    finally:
+        first.remove_file()
+
+
+def test_another_gate_of_the_same_process_has_its_own_activation(
+    records: Path,
+) -> None:
+    key = debugger_pin.server_key()
+    first = PinLock.activate(None, ttl=60, server=key)
+    second = PinLock.activate(None, ttl=60, server=key)
+    try:
+        assert second.pin_file != first.pin_file
+    finally:
+        first.remove_file()
+        second.remove_file()
+
+
+def test_an_activation_that_is_over_stays_over(
+    records: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = debugger_pin.server_key()
+    first = PinLock.activate(None, ttl=60, server=key)
+    first.remove_file()  # expired
+    pid = os.getpid()
+    monkeypatch.setattr(os, "getpid", lambda: pid + 1)
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + 61)
+    later = PinLock.activate(None, ttl=60, server=key)
+    assert later.expired() and later.pin_file is None
+
+
+def test_records_of_servers_that_are_gone_are_deleted(records: Path) -> None:
+    records.mkdir(mode=0o700)
+    pin_dir = records.parent / "flask-diag-debugger-gone"
+    pin_dir.mkdir(mode=0o700)
+    (pin_dir / "pin").write_text("1234-5678-9012\n")
+    stale = records / "999999999-12345.json"  # no such process
+    stale.write_text(json.dumps({"pid": 1, "pin_file": str(pin_dir / "pin")}))
+    stale.chmod(0o600)
+    PinLock.activate(None, ttl=60, server=debugger_pin.server_key()).remove_file()
+    assert not stale.exists() and not pin_dir.exists()
+
+
+def test_an_untrusted_records_directory_is_not_used(records: Path) -> None:
+    records.mkdir(mode=0o777)
+    records.chmod(0o777)  # writable by others: not trusted
+    lock = PinLock.activate(None, ttl=60, server=debugger_pin.server_key())
+    try:
+        assert lock.record is None
+    finally:
+        lock.remove_file()
 
 
 def test_operator_pin_no_file(make: t.Callable[..., DebuggerPages]) -> None:

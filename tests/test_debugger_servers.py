@@ -20,6 +20,7 @@ from __future__ import annotations
 import http.client
 import os
 import re
+import signal
 import stat
 import time
 import typing as t
@@ -329,6 +330,82 @@ def test_brute_force_over_http_never_sleeps(
     assert not events(server, "debugger_pin_accepted")
     assert not events(server, "debugger_command")
     assert_pin_not_logged(server, pin)
+
+
+@pytest.mark.parametrize("preload", [False, True], ids=["import", "preload"])
+def test_a_replaced_worker_takes_over_the_servers_activation(
+    debug_server: t.Callable[..., ServerProcess], preload: bool
+) -> None:
+    # gunicorn replaces its worker after --max-requests (which any client can
+    # count up), after --timeout, or when it dies; the new worker imports the
+    # app again. It takes over the server's activation: the same expiry, PIN
+    # file and PIN, and the failed attempts; once the activation is over,
+    # new workers stay off. (The worker is replaced here by stopping it: the
+    # same as --max-requests, without counting requests.) With --preload the
+    # master activates once and each worker, forked from it, reads what the
+    # workers before it changed.
+    ttl = 8.0
+    options = ("--preload",) if preload else ()
+    server = debug_server(*ONE_WORKER, *options, FLASK_DIAG_DEBUGGER_TTL=str(ttl))
+    enabled = 1 if preload else 2
+    first = enabled_line(server)
+    pin = read_pin(server)
+
+    def wrong_pins(count: int) -> dict[str, t.Any]:
+        session = requests.Session()
+        page = session.get(server.url + PAGE, timeout=TIMEOUT)
+        secret, _ = page_secret(page.text)
+        url = f"{server.url}{PAGE}?__debugger__=yes&s={secret}&cmd=pinauth"
+        answer: dict[str, t.Any] = {}
+        for _ in range(count):
+            answer = session.post(url, data={"pin": "0000-1111-2222"}, timeout=5).json()
+        return answer
+
+    def replace_worker() -> None:
+        worker = int(
+            requests.get(server.url + "/", timeout=TIMEOUT).headers["X-Diag-PID"]
+        )
+        os.kill(worker, signal.SIGTERM)
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                answer = requests.get(server.url + "/", timeout=TIMEOUT)
+            except requests.ConnectionError:
+                answer = None
+            if answer is not None and int(answer.headers["X-Diag-PID"]) != worker:
+                return
+            time.sleep(0.1)
+        pytest.fail("gunicorn did not replace its worker")
+
+    assert wrong_pins(3) == {"auth": False, "exhausted": False}
+    replace_worker()
+    *_, last = server.wait_for_json_lines(
+        lambda line: line.get("event") == "debugger_enabled", count=enabled
+    )
+    assert last["pin_file"] == first["pin_file"]
+    assert last["expires_at"] == first["expires_at"]
+    assert Path(first["pin_file"]).read_text().strip() == pin
+    # The new worker counts on from the old one's failures: 2 more lock out.
+    assert wrong_pins(2) == {"auth": False, "exhausted": True}
+
+    deadline = time.monotonic() + ttl + TIMEOUT
+    while (
+        not requests.get(server.url + PAGE, timeout=TIMEOUT)
+        .headers["Content-Type"]
+        .startswith("application/problem+json")
+    ):
+        if time.monotonic() > deadline:
+            pytest.fail("the debugger did not expire")
+        time.sleep(0.25)
+    replace_worker()
+    server.wait_for_json_lines(
+        lambda line: line.get("event") == "debugger_disabled", count=2
+    )
+    assert len(events(server, "debugger_enabled")) == enabled
+    page = requests.get(server.url + PAGE, timeout=TIMEOUT)
+    assert page.status_code == 500
+    assert page.headers["Content-Type"] == "application/problem+json"
+    assert not os.path.exists(first["pin_file"])
 
 
 # -- the pitfall itself, and Django ---------------------------------------------------
