@@ -24,7 +24,13 @@ from werkzeug.wrappers import Response
 from werkzeug.wrappers import response as _response_module
 from werkzeug.wsgi import ClosingIterator
 
-__all__ = ["EndsAtClose", "add_quiet_callback", "close_iterable", "inert_response"]
+__all__ = [
+    "EndsAtClose",
+    "add_quiet_callback",
+    "close_iterable",
+    "inert_response",
+    "werkzeug_body",
+]
 
 _ITER_ENCODED = getattr(
     getattr(_response_module, "_iter_encoded", None), "__code__", object()
@@ -76,6 +82,25 @@ def inert_response(app_iter: object) -> bool:
         return len(callbacks) == 1 and type(closing._next.args[0]) is _EMPTY_ITER
     except (AttributeError, IndexError, TypeError):
         return False
+
+
+def werkzeug_body(app_iter: object) -> bytes | None:
+    """The body of the werkzeug response behind ``app_iter`` when it is in
+    memory, also for a ``HEAD`` request (whose iterable is empty); ``None``
+    for anything else."""
+    if type(app_iter) is not ClosingIterator:
+        return None
+    try:
+        closing: t.Any = app_iter
+        callbacks = _without_quiet(closing._callbacks)
+        if callbacks[-1].__func__ is not _RESPONSE_CLOSE:
+            return None
+        body = callbacks[-1].__self__.response
+        if type(body) is list and all(type(chunk) is bytes for chunk in body):
+            return b"".join(body)
+    except (AttributeError, IndexError, TypeError):
+        pass
+    return None
 
 
 #: The functions of close callbacks added by :func:`add_quiet_callback`.

@@ -104,6 +104,7 @@ from . import sentry
 from . import sentry_delivery
 from .closing import close_iterable
 from .closing import inert_response
+from .closing import werkzeug_body
 from .context import ENVIRON_KEY
 from .context import is_file_wrapper
 from .context import request_info
@@ -597,7 +598,7 @@ class _GuardedResponse:
                 rest = None
         self.written = None
         if rest is None:
-            answer = _answer_for_page(status, headers, b"".join(chunks))
+            answer = self._answer_for_body(status, headers, b"".join(chunks))
             if answer is not None:
                 line, new_headers, body = self.owner._envelope(
                     self.environ,
@@ -621,6 +622,20 @@ class _GuardedResponse:
             for chunk in rest:
                 self.sent = True
                 yield chunk
+
+    def _answer_for_body(
+        self, status: str, headers: list[tuple[str, str]], body: bytes
+    ) -> _Answer | None:
+        """:func:`_answer_for_page`; for ``HEAD``, of the body a ``GET``
+        would have had: a ``HEAD`` response has none, which must not make
+        the app's own error page look like an empty one."""
+        if not body and self.environ.get("REQUEST_METHOD") == "HEAD":
+            seen = werkzeug_body(self.app_iter)
+            if seen is not None:
+                body = seen
+            elif _declared_length(headers):
+                return None  # a body the app did not send: its own, unseen
+        return _answer_for_page(status, headers, body)
 
     def answer_exception(self, exc: Exception) -> list[bytes]:
         """Answer an exception raised before any of the body was sent."""
@@ -708,6 +723,14 @@ def _is_chosen(
                     return True
             except ValueError:
                 return True
+    return False
+
+
+def _declared_length(headers: list[tuple[str, str]]) -> bool:
+    """Whether ``headers`` announce a body (a ``Content-Length`` above 0)."""
+    for name, value in headers:
+        if name.lower() == "content-length":
+            return value.strip() not in ("", "0")
     return False
 
 

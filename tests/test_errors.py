@@ -969,6 +969,40 @@ def test_a_file_response_whose_status_the_server_refuses_is_closed() -> None:
     assert opened.closed
 
 
+def test_head_of_the_apps_own_error_page_is_left_alone_as_for_get() -> None:
+    # A HEAD response has no body: the page GET would send decides, as for
+    # GET, not its absence (RFC 9110: HEAD's headers are GET's).
+    app = Flask("own_page")
+
+    @app.get("/cars/<int:n>")
+    def car(n: int) -> tuple[str, int]:
+        return "<h2>Sorry, car not in stock</h2><a href=/>home</a>", 404
+
+    Diag(app)
+    answers = {m: run_wsgi(app, environ_for("/cars/1", m)) for m in ("GET", "HEAD")}
+    for result in answers.values():
+        assert result.status_code == 404
+        assert result.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert answers["HEAD"].headers["Content-Length"] == str(len(answers["GET"].body))
+    assert answers["HEAD"].body == b""
+    # A stock page stays an envelope on HEAD too.
+    stock = run_wsgi(app, environ_for("/nowhere", "HEAD"))
+    assert stock.status_code == 404 and stock.headers["Content-Type"] == PROBLEM_JSON
+    assert stock.body == b""
+
+
+def test_head_of_a_plain_app_that_declares_a_body_is_left_alone() -> None:
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        start_response(
+            "404 Not Found", [("Content-Type", "text/html"), ("Content-Length", "50")]
+        )
+        return []  # HEAD: the body GET would have, not sent
+
+    result = run_wsgi(wrap(app, environ={}), environ_for("/", "HEAD"))
+    assert result.status == "404 Not Found"
+    assert result.headers["Content-Type"] == "text/html"
+
+
 def test_a_plain_success_goes_out_as_werkzeugs_own_iterator() -> None:
     # The success path's cost: a body already in memory is not wrapped by
     # the envelope (no generator, no object of ours between it and the
