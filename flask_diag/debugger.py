@@ -490,9 +490,10 @@ class DebuggerGate:
         worker processes, production without the override,
         ``WERKZEUG_DEBUG_PIN``).
 
-    When it wraps a Flask app (``flask_app`` or ``flask_app.wsgi_app``), it
-    sets the app's ``PROPAGATE_EXCEPTIONS`` while it is active, so view
-    exceptions reach the debugger (see :func:`init_flask`).
+    When it wraps a Flask app (``flask_app`` or ``flask_app.wsgi_app``), the
+    view exceptions of the requests it admits reach the debugger while it is
+    active, as with ``PROPAGATE_EXCEPTIONS``; the others are the app's to
+    handle (see :meth:`register_flask`).
     """
 
     def __init__(
@@ -595,13 +596,30 @@ class DebuggerGate:
         self._expire("closed")
 
     def register_flask(self, flask_app: Flask) -> None:
-        """Make ``flask_app`` propagate exceptions while the gate is active."""
+        """Have ``flask_app`` let the exceptions of admitted requests (those
+        with :data:`~flask_diag.errors.PROPAGATE_KEY`) go up to the debugger
+        while the gate is active, as ``PROPAGATE_EXCEPTIONS`` would for all:
+        every other request's are handled as without a debugger (the app's
+        ``errorhandler(500)`` page included)."""
         key = id(flask_app)
         if key in self._flask_apps or self.pin_lock is None or self._expired:
             return
-        previous = flask_app.config.get("PROPAGATE_EXCEPTIONS")
-        flask_app.config["PROPAGATE_EXCEPTIONS"] = True
-        self._flask_apps[key] = (weakref.ref(flask_app), previous)
+        from flask import request as flask_request
+        from flask.signals import got_request_exception
+
+        handle = flask_app.handle_exception
+
+        def handle_exception(e: Exception) -> t.Any:
+            if not self._expired and flask_request.environ.get(PROPAGATE_KEY):
+                # What Flask does when PROPAGATE_EXCEPTIONS is on.
+                got_request_exception.send(
+                    flask_app, _async_wrapper=flask_app.ensure_sync, exception=e
+                )
+                raise e
+            return handle(e)
+
+        flask_app.handle_exception = handle_exception  # type: ignore[method-assign]
+        self._flask_apps[key] = (weakref.ref(flask_app), handle_exception)
 
     def _announce(self, profile: ServerProfile) -> None:
         lock = self.pin_lock
@@ -671,10 +689,13 @@ class DebuggerGate:
             if self.debugger is not None:
                 self.debugger.drop_frames()
             self.pin_lock.remove_file()
-            for ref, previous in self._flask_apps.values():
+            for ref, ours in self._flask_apps.values():
                 flask_app = ref()
-                if flask_app is not None:
-                    flask_app.config["PROPAGATE_EXCEPTIONS"] = previous
+                if (
+                    flask_app is not None
+                    and vars(flask_app).get("handle_exception") is ours
+                ):
+                    del flask_app.handle_exception
         with capture_internal_exceptions("logging debugger_disabled"):
             logger.warning("debugger_disabled", reason=reason)
         send_safely(debugger_disabled, self, reason=reason)
@@ -1063,10 +1084,10 @@ def _gates(app: object) -> list[DebuggerGate]:
 
 def init_flask(app: Flask, settings: Settings) -> None:
     """Called by :meth:`Diag.init_app <flask_diag.Diag.init_app>` when the
-    debugger is on: ``PROPAGATE_EXCEPTIONS`` while the gate is active, so that
-    view exceptions of admitted requests reach werkzeug's debugger (the
-    error envelope's Flask handler passes them on, see
-    :data:`~flask_diag.errors.PROPAGATE_KEY`); restored at expiry.
+    debugger is on: while the gate is active, view exceptions of admitted
+    requests reach werkzeug's debugger (the error envelope's Flask handler
+    passes them on, see :data:`~flask_diag.errors.PROPAGATE_KEY`), as with
+    ``PROPAGATE_EXCEPTIONS`` for those requests only; undone at expiry.
     """
     for gate in _gates(app.wsgi_app):
         gate.register_flask(app)

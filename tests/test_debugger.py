@@ -149,7 +149,7 @@ def test_pin_then_console_in_frame(make: t.Callable[..., DebuggerPages]) -> None
     lock = h.gate.pin_lock
     assert lock is not None and lock.pin_file is not None
     assert stat.S_IMODE(os.stat(lock.pin_file).st_mode) == 0o600
-    assert h.app.config["PROPAGATE_EXCEPTIONS"] is True
+    assert "handle_exception" in vars(h.app)  # admitted requests propagate
     secret, frame = h.traceback()
     # Locked until the PIN is entered.
     assert h.command(secret, frame, "answer + 1").status_code == 403
@@ -175,18 +175,27 @@ def test_wrap_around_a_flask_app_propagates_to_the_debugger() -> None:
     def boom() -> str:
         raise KeyError("x")
 
+    @app.errorhandler(500)
+    def sorry(e: Exception) -> tuple[str, int]:
+        return "sorry, our fault", 500
+
     application = wrap(app, environ={}, debugger=True)
     (gate,) = _gates(application)
     try:
-        assert app.config["PROPAGATE_EXCEPTIONS"] is True
         ok = Client(application).get("/boom", environ_base=LOOPBACK)
         assert ok.status_code == 500 and "KeyError" in ok.get_data(as_text=True)
         assert ok.mimetype == "text/html"
+        # A refused client is served as without a debugger: the app's own
+        # 500 page (PROPAGATE_EXCEPTIONS is never switched on for the app).
         refused = Client(application).get("/boom", environ_base=FOREIGN)
-        assert_envelope(refused, 500)
+        assert refused.status_code == 500
+        assert refused.get_data(as_text=True) == "sorry, our fault"
+        assert app.config["PROPAGATE_EXCEPTIONS"] is None
     finally:
         gate.close()
-    assert app.config["PROPAGATE_EXCEPTIONS"] is None  # restored
+    assert "handle_exception" not in vars(app)  # restored
+    after = Client(application).get("/boom", environ_base=LOOPBACK)
+    assert after.get_data(as_text=True) == "sorry, our fault"
 
 
 def test_gate_alone_around_plain_wsgi() -> None:
