@@ -123,6 +123,7 @@ from werkzeug.wrappers import Response
 from .context import request_info
 from .debugger_pin import PinLock
 from .debugger_pin import server_key
+from .debugger_pin import SharingError
 from .errors import PROPAGATE_KEY
 from .exceptions import DiagConfigError
 from .internal import capture_internal_exceptions
@@ -545,8 +546,22 @@ class DebuggerGate:
         debugger_js = patched_debugger_js()  # before any PIN file exists
         try:
             lock = PinLock.activate(
-                settings.debugger_pin, ttl=settings.debugger_ttl, server=server_key()
+                settings.debugger_pin,
+                ttl=settings.debugger_ttl,
+                server=server_key(profile.master_pid),
             )
+        except SharingError as e:
+            # Fail closed: without the shared record each replaced worker
+            # would start a new activation (a new TTL, new PIN guesses).
+            with capture_internal_exceptions("logging debugger_refused"):
+                logger.critical(
+                    "debugger_refused",
+                    message=(
+                        "flask_diag's debugger stays off: the workers of this"
+                        f" server cannot share its activation ({e})."
+                    ),
+                )
+            return
         except ValueError as e:  # a PIN too short once normalised
             raise DiagConfigError(
                 f"flask_diag's debugger refuses to start: {e}. Set"

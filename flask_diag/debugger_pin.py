@@ -62,6 +62,7 @@ __all__ = [
     "MIN_PIN_LENGTH",
     "random_pin",
     "server_key",
+    "SharingError",
     "write_pin_file",
     "replace_pin_file",
 ]
@@ -184,7 +185,8 @@ class PinLock:
         self._locked_until = 0.0
         #: The server's shared record (:func:`server_key`), or ``None``.
         self.record: str | None = None
-        self._activated_by = os.getpid()
+        self._activated_by = ""
+        self._ttl = ttl
 
     @classmethod
     def activate(
@@ -200,16 +202,21 @@ class PinLock:
         """
         record_path = _record_path(server) if server is not None else None
         shared = _read_record(record_path) if record_path is not None else None
-        if shared is not None and shared.get("pid") == os.getpid():
+        if shared is not None and shared.get("process") == _this_process():
             # Made by another gate of this very process (two apps, a test
             # suite): each gate of a process has an activation of its own.
             shared = None
         started = shared.get("started") if shared is not None else None
-        if not isinstance(started, (int, float)):
-            started = None
+        if shared is not None and (
+            not isinstance(started, (int, float)) or started > time.time()
+        ):
+            started = 0.0  # unreadable, or a clock set back: over, not anew
         pin_file = shared.get("pin_file") if shared is not None else None
+        adopted = None
         if pin is None and isinstance(pin_file, str):
-            pin = _read_pin(pin_file)
+            # The random PIN of the server's activation (an operator's PIN
+            # never takes over a file).
+            pin = adopted = _read_pin(pin_file)
         if pin is None:
             pin = random_pin()
             lock = cls(pin, ttl=ttl, pin_file=None, started_wall=started)
@@ -217,16 +224,17 @@ class PinLock:
                 lock.pin_file = write_pin_file(pin)  # checked before written
         else:
             lock = cls(pin, ttl=ttl, pin_file=None, started_wall=started)
-            if isinstance(pin_file, str) and shared is not None:
+            if adopted is not None:
                 lock.pin_file = pin_file
         if record_path is not None:
             lock.record = record_path
-            lock._activated_by = os.getpid()
+            lock._ttl = ttl
+            lock._activated_by = _this_process()
             if shared is not None:
                 lock._restore(shared)
-                pid = shared.get("pid")
-                if isinstance(pid, int):
-                    lock._activated_by = pid
+                process = shared.get("process")
+                if isinstance(process, str):
+                    lock._activated_by = process
             lock._save()
             _shared_locks.add(lock)
         return lock
@@ -235,8 +243,9 @@ class PinLock:
 
     def _state(self) -> dict[str, object]:
         return {
-            "pid": self._activated_by,
+            "process": self._activated_by,
             "started": self.started_wall,
+            "ttl": self._ttl,
             "pin_file": self.pin_file,
             "failures": self._failures,
             "lockouts": self._lockouts,
@@ -370,21 +379,31 @@ _RECORDS_PREFIX = "flask-diag-debugger-records-"
 _shared_locks: weakref.WeakSet[PinLock] = weakref.WeakSet()
 
 
-def server_key() -> str | None:
-    """An id of the server this process serves for, shared by its worker
-    processes and unique to the server's process (its pid and start time):
-    the gunicorn or uWSGI master when it is this process's parent (or this
-    process itself), else this process. ``None`` where ``/proc`` cannot tell
-    (not Linux): each process then makes its own activation.
+def server_key(master_pid: int | None) -> str | None:
+    """An id of the server whose master process (gunicorn's arbiter, uWSGI's
+    master: :attr:`ServerProfile.master_pid
+    <flask_diag.server.ServerProfile.master_pid>`) starts and replaces this
+    worker: its pid and start time, the same for all its workers and unique
+    to that process. ``None`` without a master (nothing replaces this
+    process's activation) or where ``/proc`` cannot tell the start time.
     """
-    parent = os.getppid()
-    cmdline = _proc_read(parent, "cmdline")
-    if cmdline is not None and (b"gunicorn" in cmdline or b"uwsgi" in cmdline):
-        pid = parent
-    else:
-        pid = os.getpid()
-    started = _start_ticks(pid)
-    return None if started is None else f"{pid}-{started}"
+    if master_pid is None:
+        return None
+    started = _start_ticks(master_pid)
+    return None if started is None else f"{master_pid}-{started}"
+
+
+def _this_process() -> str:
+    """This process, as the record names it: pid and start time (a pid may
+    come again, for another worker)."""
+    pid = os.getpid()
+    return f"{pid}-{_start_ticks(pid)}"
+
+
+class SharingError(OSError):
+    """The activation cannot be shared between the server's workers (its
+    records directory is missing, not ours or not writable): the debugger
+    must stay off rather than let each new worker start afresh."""
 
 
 def _proc_read(pid: int, name: str) -> bytes | None:
@@ -407,31 +426,36 @@ def _start_ticks(pid: int) -> int | None:
         return None
 
 
-def _records_dir() -> str | None:
+def _records_dir() -> str:
     """This user's private directory of server records (mode 0700, owned by
-    this user, not a symlink), made if missing; ``None`` when it cannot be
-    trusted: each process then makes its own activation."""
-    path = os.path.join(tempfile.gettempdir(), f"{_RECORDS_PREFIX}{os.getuid()}")
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(path, 0o700)
+    this user, not a symlink), made if missing: in ``$XDG_RUNTIME_DIR``
+    (private to the user) when set, else in the temporary directory.
+
+    :raises SharingError: when it cannot be made or trusted.
+    """
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
     try:
+        base = runtime if runtime and os.path.isdir(runtime) else tempfile.gettempdir()
+        path = os.path.join(base, f"{_RECORDS_PREFIX}{os.getuid()}")
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o700)
         info = os.lstat(path)
-    except OSError:
-        return None
+    except (OSError, RuntimeError) as exc:
+        raise SharingError(f"no records directory: {exc}") from None
     if (
         not stat.S_ISDIR(info.st_mode)
         or info.st_uid != os.getuid()
         or info.st_mode & 0o077
     ):
-        return None
+        raise SharingError(
+            f"{path} is not a private directory of this user (mode 0700)"
+        )
     return path
 
 
-def _record_path(key: str) -> str | None:
+def _record_path(key: str) -> str:
     directory = _records_dir()
-    if directory is None:
-        return None
-    _forget_stale_records(directory)
+    _forget_spent_pin_files(directory)
     return os.path.join(directory, f"{key}.json")
 
 
@@ -479,29 +503,36 @@ def _read_pin(path: str) -> str | None:
     return pin or None
 
 
-def _forget_stale_records(directory: str) -> None:
-    """Delete the records of servers that are gone, with their PIN files."""
+def _forget_spent_pin_files(directory: str) -> None:
+    """Delete the PIN files of activations that are over. The records stay:
+    a server may still run (in another PID namespace, say) and a worker it
+    starts must find its activation over, not start a new one; a record is a
+    few bytes, and the directory goes with the user's runtime directory or
+    the temporary one."""
+    now = time.time()
     with contextlib.suppress(OSError):
         for name in os.listdir(directory):
-            key, _, ext = name.partition(".")
-            pid_text, _, ticks = key.partition("-")
-            if ext != "json" or not pid_text.isdigit():
+            if not name.endswith(".json"):
                 continue
-            if str(_start_ticks(int(pid_text))) == ticks:
-                continue  # that server still runs
-            path = os.path.join(directory, name)
-            shared = _read_record(path)
-            pin_file = shared.get("pin_file") if shared is not None else None
+            shared = _read_record(os.path.join(directory, name))
+            if shared is None:
+                continue
+            started, ttl = shared.get("started"), shared.get("ttl")
+            if not isinstance(started, (int, float)) or not isinstance(
+                ttl, (int, float)
+            ):
+                continue
+            if started + ttl > now:
+                continue  # still on
+            pin_file = shared.get("pin_file")
             pin_dir = os.path.dirname(pin_file) if isinstance(pin_file, str) else ""
             name = os.path.basename(pin_dir)
             if (
-                os.path.dirname(pin_dir) == os.path.dirname(directory)
-                and name.startswith("flask-diag-debugger-")
+                name.startswith("flask-diag-debugger-")
                 and not name.startswith(_RECORDS_PREFIX)
+                and os.path.dirname(pin_dir) == tempfile.gettempdir()
             ):
                 shutil.rmtree(pin_dir, ignore_errors=True)
-            with contextlib.suppress(OSError):
-                os.unlink(path)
 
 
 def _reload_after_fork() -> None:

@@ -247,6 +247,9 @@ class ServerProfile:
     multiprocess: bool | None = None
     #: How the profile was found (``"gunicorn worker"``, ``"wsgi flags"``...).
     source: str = "wsgi flags"
+    #: The pid of the master process that starts and replaces the workers
+    #: (gunicorn's arbiter, uWSGI's master), when there is one.
+    master_pid: int | None = None
     #: Counts requests this process accepted but has not started yet (the
     #: gthread and waitress queues). Internal; not part of comparisons.
     queued: t.Callable[[], int] | None = dataclasses.field(
@@ -707,8 +710,11 @@ def _gunicorn(obj: t.Any, environ: t.Mapping[str, t.Any], source: str) -> Server
         elif threaded is not None and isinstance(obj, threaded):
             worker_class = "gthread"
         sockets = obj.sockets
+        master = getattr(obj, "ppid", None)
     else:  # the arbiter (--preload): the worker class as configured
         sockets = getattr(obj, "LISTENERS", ())
+        # This process (its pid is set only once it starts its workers).
+        master = os.getpid()
     worker_class = worker_class.rsplit(".", 1)[-1]
     threads: int | None
     if worker_class in ("SyncWorker", "sync"):
@@ -734,6 +740,7 @@ def _gunicorn(obj: t.Any, environ: t.Mapping[str, t.Any], source: str) -> Server
         timeout=float(cfg.timeout) if getattr(cfg, "timeout", None) else None,
         source=source,
         queued=queued,
+        master_pid=master if isinstance(master, int) and master > 0 else None,
         **_base(environ),
     )
 
@@ -857,8 +864,17 @@ def _uwsgi(module: t.Any, environ: t.Mapping[str, t.Any]) -> ServerProfile:
         if harakiri and harakiri.isdigit() and int(harakiri)
         else None,
         source="uwsgi module",
+        master_pid=_uwsgi_master(module),
         **_base(environ),
     )
+
+
+def _uwsgi_master(module: t.Any) -> int | None:
+    try:
+        pid = int(module.masterpid())  # 0 without --master
+    except Exception:
+        return None
+    return pid if pid > 0 else None
 
 
 def _from_frames(

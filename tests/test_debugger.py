@@ -10,7 +10,6 @@ server and browser runs are in ``test_debugger_servers.py``.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import socket
@@ -633,23 +632,30 @@ def test_the_pin_is_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
 def records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private temporary directory for the servers' records."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
     return tmp_path / f"{debugger_pin._RECORDS_PREFIX}{os.getuid()}"
 
 
-def test_a_later_process_takes_over_the_activation(
+def _another_worker(monkeypatch: pytest.MonkeyPatch, later: float = 0.0) -> None:
+    """Be the next worker of the server: another process, ``later`` s on."""
+    monkeypatch.setattr(debugger_pin, "_this_process", lambda: "424242-1")
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + later)
+
+
+# This test process stands for the server's master.
+SERVER = debugger_pin.server_key(os.getpid())
+
+
+def test_a_later_worker_takes_over_the_activation(
     records: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    key = debugger_pin.server_key()
-    assert key is not None
-    first = PinLock.activate(None, ttl=60, server=key)
+    assert SERVER is not None
+    first = PinLock.activate(None, ttl=60, server=SERVER)
     try:
         assert first.attempt("0000-0000-0001").failures == 1
-        # The next worker of the same server (another pid), 10 s later.
-        pid = os.getpid()
-        monkeypatch.setattr(os, "getpid", lambda: pid + 1)
-        real_time = time.time
-        monkeypatch.setattr(time, "time", lambda: real_time() + 10)
-        second = PinLock.activate(None, ttl=60, server=key)
+        _another_worker(monkeypatch, later=10)
+        second = PinLock.activate(None, ttl=60, server=SERVER)
         assert second.pin_file == first.pin_file
         assert second.started_wall == first.started_wall
         assert second.expires_wall == first.expires_wall
@@ -663,9 +669,8 @@ def test_a_later_process_takes_over_the_activation(
 def test_another_gate_of_the_same_process_has_its_own_activation(
     records: Path,
 ) -> None:
-    key = debugger_pin.server_key()
-    first = PinLock.activate(None, ttl=60, server=key)
-    second = PinLock.activate(None, ttl=60, server=key)
+    first = PinLock.activate(None, ttl=60, server=SERVER)
+    second = PinLock.activate(None, ttl=60, server=SERVER)
     try:
         assert second.pin_file != first.pin_file
     finally:
@@ -676,37 +681,61 @@ def test_another_gate_of_the_same_process_has_its_own_activation(
 def test_an_activation_that_is_over_stays_over(
     records: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    key = debugger_pin.server_key()
-    first = PinLock.activate(None, ttl=60, server=key)
-    first.remove_file()  # expired
-    pid = os.getpid()
-    monkeypatch.setattr(os, "getpid", lambda: pid + 1)
-    real_time = time.time
-    monkeypatch.setattr(time, "time", lambda: real_time() + 61)
-    later = PinLock.activate(None, ttl=60, server=key)
+    first = PinLock.activate(None, ttl=60, server=SERVER)
+    spent = first.pin_file
+    _another_worker(monkeypatch, later=61)
+    later = PinLock.activate(None, ttl=60, server=SERVER)
     assert later.expired() and later.pin_file is None
+    # The spent PIN file is deleted; the record stays, so that the server's
+    # next workers find the activation over too.
+    assert spent is not None and not os.path.exists(spent)
+    assert os.path.exists(later.record or "")
 
 
-def test_records_of_servers_that_are_gone_are_deleted(records: Path) -> None:
-    records.mkdir(mode=0o700)
-    pin_dir = records.parent / "flask-diag-debugger-gone"
-    pin_dir.mkdir(mode=0o700)
-    (pin_dir / "pin").write_text("1234-5678-9012\n")
-    stale = records / "999999999-12345.json"  # no such process
-    stale.write_text(json.dumps({"pid": 1, "pin_file": str(pin_dir / "pin")}))
-    stale.chmod(0o600)
-    PinLock.activate(None, ttl=60, server=debugger_pin.server_key()).remove_file()
-    assert not stale.exists() and not pin_dir.exists()
-
-
-def test_an_untrusted_records_directory_is_not_used(records: Path) -> None:
-    records.mkdir(mode=0o777)
-    records.chmod(0o777)  # writable by others: not trusted
-    lock = PinLock.activate(None, ttl=60, server=debugger_pin.server_key())
+def test_an_operator_pin_never_takes_over_a_pin_file(
+    records: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = PinLock.activate(None, ttl=60, server=SERVER)
     try:
-        assert lock.record is None
+        _another_worker(monkeypatch, later=1)
+        operator = PinLock.activate(PIN, ttl=60, server=SERVER)
+        assert operator.pin_file is None
+        assert operator.attempt(PIN).accepted
+        assert operator.attempt(PIN).accepted  # never rotated
     finally:
-        lock.remove_file()
+        first.remove_file()
+
+
+def test_a_records_directory_that_is_not_ours_keeps_the_debugger_off(
+    records: Path,
+) -> None:
+    records.mkdir(mode=0o700)
+    records.chmod(0o777)  # writable by others: not trusted
+    with pytest.raises(debugger_pin.SharingError, match="not a private directory"):
+        PinLock.activate(None, ttl=60, server=SERVER)
+
+
+def test_the_gate_stays_off_when_the_activation_cannot_be_shared(
+    records: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Under a server that replaces its workers, without the shared record
+    # each new worker would start a new activation: fail closed.
+    records.mkdir(mode=0o700)
+    records.chmod(0o777)
+    monkeypatch.setattr(debugger_module, "server_key", lambda master: SERVER)
+    app = debug_app("unshared")
+    with capture_logs() as logs:
+        application = wrap(app, environ={}, debugger=True, debugger_pin=PIN)
+    (gate,) = _gates(application)
+    assert gate.debugger is None and gate.pin_lock is None
+    (line,) = [entry for entry in logs if entry["event"] == "debugger_refused"]
+    assert "cannot share" in line["message"]
+    response = Client(application).get("/boom", environ_base=LOOPBACK)
+    assert_envelope(response, 500)
+
+
+def test_without_a_master_each_process_has_its_own_activation() -> None:
+    assert debugger_pin.server_key(None) is None
 
 
 def test_operator_pin_no_file(make: t.Callable[..., DebuggerPages]) -> None:

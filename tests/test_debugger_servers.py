@@ -334,7 +334,7 @@ def test_brute_force_over_http_never_sleeps(
 
 @pytest.mark.parametrize("preload", [False, True], ids=["import", "preload"])
 def test_a_replaced_worker_takes_over_the_servers_activation(
-    debug_server: t.Callable[..., ServerProcess], preload: bool
+    debug_server: t.Callable[..., ServerProcess], preload: bool, tmp_path: Path
 ) -> None:
     # gunicorn replaces its worker after --max-requests (which any client can
     # count up), after --timeout, or when it dies; the new worker imports the
@@ -346,7 +346,13 @@ def test_a_replaced_worker_takes_over_the_servers_activation(
     # workers before it changed.
     ttl = 8.0
     options = ("--preload",) if preload else ()
-    server = debug_server(*ONE_WORKER, *options, FLASK_DIAG_DEBUGGER_TTL=str(ttl))
+    server = debug_server(
+        *ONE_WORKER,
+        *options,
+        FLASK_DIAG_DEBUGGER_TTL=str(ttl),
+        TMPDIR=str(tmp_path),  # the PIN file and the server's record
+        XDG_RUNTIME_DIR="",
+    )
     enabled = 1 if preload else 2
     first = enabled_line(server)
     pin = read_pin(server)
@@ -406,6 +412,8 @@ def test_a_replaced_worker_takes_over_the_servers_activation(
     assert page.status_code == 500
     assert page.headers["Content-Type"] == "application/problem+json"
     assert not os.path.exists(first["pin_file"])
+    (record,) = (tmp_path / f"flask-diag-debugger-records-{os.getuid()}").iterdir()
+    assert stat.S_IMODE(record.stat().st_mode) == 0o600
 
 
 # -- the pitfall itself, and Django ---------------------------------------------------
