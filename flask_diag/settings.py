@@ -159,6 +159,20 @@ def _parse_networks(value: object) -> tuple[str, ...]:
     return tuple(str(ipaddress.ip_network(i, strict=False)) for i in _items(value))
 
 
+def _parse_proxy_networks(value: object) -> tuple[str, ...]:
+    # As _parse_networks, but a network so large that it holds (nearly)
+    # every client is refused: trusting its X-Forwarded-For would let any
+    # client name itself 127.0.0.1 to the debugger.
+    import ipaddress
+
+    networks = _parse_networks(value)
+    for text in networks:
+        network = ipaddress.ip_network(text)
+        if network.prefixlen < (8 if network.version == 4 else 32):
+            raise ValueError
+    return networks
+
+
 _HOST = re.compile(r"^(\*\.)?[A-Za-z0-9.-]{1,253}$|^\[?[0-9A-Fa-f:.]+\]?$")
 
 
@@ -404,8 +418,9 @@ class Settings:
     )
     debugger_trusted_proxies: tuple[str, ...] = _setting(
         (),
-        _parse_networks,
-        "networks in CIDR notation, comma-separated, or none",
+        _parse_proxy_networks,
+        "the proxies' own networks in CIDR notation (at most a /8, or a /32 "
+        "for IPv6: not 'everyone'), comma-separated, or none",
         "Reverse proxies whose ``X-Forwarded-For`` is believed, for the "
         "debugger's client check only: the address after the last trusted "
         "hop counts. None by default: ``X-Forwarded-For`` is ignored.",

@@ -623,6 +623,17 @@ def test_missing_host_header_with_server_name(
 # -- clients --
 
 
+@pytest.mark.parametrize("network", ["0.0.0.0/0", "0.0.0.0/1", "::/0", "2000::/8"])
+def test_trusting_everyone_as_a_proxy_is_refused_at_start_up(
+    monkeypatch: pytest.MonkeyPatch, network: str
+) -> None:
+    # Every peer a trusted proxy: any client could name itself 127.0.0.1 in
+    # X-Forwarded-For.
+    monkeypatch.setenv("FLASK_DIAG_DEBUGGER_TRUSTED_PROXIES", f"10.0.0.0/8,{network}")
+    with pytest.raises(DiagConfigError, match="FLASK_DIAG_DEBUGGER_TRUSTED_PROXIES"):
+        Diag(debug_app("everyone"), debugger=True, debugger_pin=PIN)
+
+
 @pytest.mark.parametrize(
     "forwarded",
     [
