@@ -35,19 +35,24 @@ def is_active() -> bool:
     there costs a fifth of ``sentry_sdk.get_client()``, which builds a new
     ``NonRecordingClient`` on every call while Sentry is off.
     """
-    if _scope_module is not None:
-        # The same, without three Python calls: this runs on every request.
-        scope = _scope_module._global_scope
-        if scope is None:
-            return False
-        client = scope.client
-        if type(client) is NonRecordingClient:
-            return False
-    else:
-        client = Scope.get_global_scope().client
-    # ``sentry_sdk.init()`` without a DSN makes a client that is "active"
-    # but sends nothing: no transport.
-    return bool(client.is_active()) and getattr(client, "transport", None) is not None
+    try:
+        if _scope_module is not None:
+            # The same, without three Python calls: this runs on every request.
+            scope = _scope_module._global_scope
+            if scope is None:
+                return False
+            client = scope.client
+            if type(client) is NonRecordingClient:
+                return False
+        else:
+            client = Scope.get_global_scope().client
+        # ``sentry_sdk.init()`` without a DSN makes a client that is "active"
+        # but sends nothing: no transport.
+        return (
+            bool(client.is_active()) and getattr(client, "transport", None) is not None
+        )
+    except Exception:  # sentry-sdk changed its internals: no Sentry, no fault
+        return False
 
 
 # sentry-sdk 2.x keeps the global scope in a module variable (private; if it

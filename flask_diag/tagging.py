@@ -145,6 +145,10 @@ class RequestTagging:
         )
         if response.trace_id is not None:
             response.trace_token = _TRACE_ID.set(response.trace_id)
+        elif _TRACE_ID.get() is not Ellipsis:
+            # A trace id left by a request whose response was never closed
+            # (a server that breaks PEP 3333): not this request's.
+            response.trace_token = _TRACE_ID.set(Ellipsis)
         if sentry.is_active():
             try:
                 response.sentry_scope = sentry.enter_request_scope(response)
@@ -191,9 +195,14 @@ class RequestTagging:
                 status = None
         duration = time.perf_counter() - info.started
         if self._access_log:
-            logger.info(
-                "request finished", status=status, duration_ms=round(duration * 1e3, 2)
-            )
+            try:
+                logger.info(
+                    "request finished",
+                    status=status,
+                    duration_ms=round(duration * 1e3, 2),
+                )
+            except Exception as exc:  # a failing sink never keeps the signal
+                report_internal_error("logging the finished request", exc)
         if request_finished.receivers:
             send_safely(
                 request_finished,
@@ -227,6 +236,7 @@ class _TaggedResponse(EndsAtClose, RequestInfo):
     trace_token: Token[t.Any] | None = None
     sentry_scope: AbstractContextManager[t.Any] | None = None
     ended = False
+    closed = False
 
     @classmethod
     def copy_of(cls, info: RequestInfo) -> _TaggedResponse:
@@ -247,7 +257,6 @@ class _TaggedResponse(EndsAtClose, RequestInfo):
         exc_info: OptExcInfo | None = None,
     ) -> t.Callable[[bytes], object]:
         owner = self.owner
-        self.status = status
         lower = owner._lower_name
         for name, _ in headers:
             if name.lower() == lower:
@@ -265,7 +274,9 @@ class _TaggedResponse(EndsAtClose, RequestInfo):
             # A status replacing one given earlier (the error envelope's
             # answer to a body that failed before its first chunk).
             forget_headers(self.server_start_response)
-        return self.server_start_response(status, headers, exc_info)
+        write = self.server_start_response(status, headers, exc_info)
+        self.status = status  # what the server took (it may re-raise)
+        return write
 
     def __iter__(self) -> t.Iterator[bytes]:
         return iter(self.app_iter)

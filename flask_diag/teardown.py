@@ -188,6 +188,8 @@ class _Request(EndsAtClose):
         "previous",
         "body",
         "app_iter",
+        "closed",
+        "finished",
     )
 
     def __init__(
@@ -210,6 +212,10 @@ class _Request(EndsAtClose):
         self.previous = previous
         self.body: t.Iterable[bytes] = ()
         self.app_iter: t.Iterable[bytes] = ()
+        self.closed = False
+        #: Set once :meth:`TeardownCheck.finish` has run: never restored as
+        #: a thread's current request.
+        self.finished = False
 
     def __iter__(self) -> t.Iterator[bytes]:
         return iter(self.body)
@@ -219,11 +225,19 @@ class _Request(EndsAtClose):
         check = self.check
         findings = check.finish(self)
         if findings and check.raise_mode:
-            logger.error(
-                "teardown leak found after the response started",
-                request_id=findings[0].request_id,
-                hint="the status could no longer be changed to 500",
-            )
+            _too_late(findings)
+
+
+def _too_late(findings: list[TeardownFinding]) -> None:
+    """Raise mode, after the status went out: only a log line is left."""
+    try:
+        logger.error(
+            "teardown leak found after the response started",
+            request_id=findings[0].request_id,
+            hint="the status could no longer be changed to 500",
+        )
+    except Exception as exc:  # the server's close() never raises for us
+        report_internal_error("logging a late teardown leak", exc)
 
 
 class Watch:
@@ -410,8 +424,15 @@ class TeardownCheck:
         report. Returns the findings."""
         current = self.watch.current
         ident = request.ident
-        if ident == get_ident():
+        request.finished = True
+        # From the request's thread, or from another (a server closing the
+        # response elsewhere, a nested response closed late) while it is
+        # still the thread's current one: the thread's previous request
+        # that is not over becomes current again.
+        if ident == get_ident() or current.get(ident) is request:
             previous = request.previous
+            while previous is not None and previous.finished:
+                previous = previous.previous
             if previous is None:
                 current.pop(ident, None)
             else:
@@ -446,10 +467,17 @@ class TeardownCheck:
         except BaseException:
             self.finish(request)
             raise
-        if held.committed or is_file_wrapper(environ, app_iter):
-            # Headers already out (the app used ``write()``), or a file the
-            # server sends itself: too late to change the status.
+        if is_file_wrapper(environ, app_iter):
+            # A file the server sends itself (sendfile): passed through, so
+            # checked now; too late to change the status.
             self._commit(held, request, app_iter)
+            findings = self.finish(request)
+            if findings:
+                _too_late(findings)
+            return app_iter
+        if held.committed:
+            # Headers already out (the app used ``write()``): too late to
+            # change the status.
             request.body = request.app_iter = app_iter
             return request
         chunks: list[bytes] = []
@@ -464,8 +492,10 @@ class TeardownCheck:
             else:
                 iterator = None  # type: ignore[assignment]
         except BaseException:
-            close_iterable(app_iter)
-            self.finish(request)
+            try:
+                close_iterable(app_iter)
+            finally:
+                self.finish(request)
             raise
         if iterator is not None:
             # Too large to hold: sent as it is, checked at the end anyway.
@@ -500,7 +530,11 @@ class TeardownCheck:
 
 def _chain(first: list[bytes], rest: t.Iterator[bytes]) -> t.Iterator[bytes]:
     yield from first
-    yield from rest
+    # A plain loop, not ``yield from``: closing this generator (or its
+    # garbage collection) must not close the app's iterator behind the
+    # request's ``close()``, which closes the app's iterable once.
+    for chunk in rest:  # noqa: UP028
+        yield chunk
 
 
 class _HeldStart:
@@ -572,7 +606,8 @@ def report(
             where=finding.where,
             message=finding.message,
             fix=finding.fix,
-            stack=list(finding.stack),
+            # Text, as structlog's renderers expect a ``stack``.
+            stack="\n".join(finding.stack),
             **{k: v for k, v in finding.details.items() if k not in _LOG_FIELDS},
         )
     except Exception as exc:

@@ -390,3 +390,120 @@ def test_request_info_in_threads_threading_does_not_know() -> None:
     assert done.wait(5)
     assert len(names) == 2 and names[0] == names[1], names
     assert names[0].startswith("Dummy-"), names
+
+
+# -- PEP 3333 edge cases (found in review) ---------------------------------------
+
+
+class _Body:
+    """A response iterable that counts its ``close()`` calls."""
+
+    def __init__(self) -> None:
+        self.closes = 0
+
+    def __iter__(self) -> t.Iterator[bytes]:
+        return iter([b"x"])
+
+    def close(self) -> None:
+        self.closes += 1
+
+
+def test_a_second_close_does_not_close_the_apps_iterable_again() -> None:
+    body = _Body()
+
+    def app(environ: t.Any, start_response: t.Any) -> _Body:
+        start_response("200 OK", [])
+        return body
+
+    response = RequestTagging(app)(
+        {"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, lambda *a: None
+    )
+    list(response)
+    response.close()  # type: ignore[attr-defined]
+    response.close()  # type: ignore[attr-defined]
+    assert body.closes == 1
+
+
+def test_the_status_reported_is_the_one_the_server_took() -> None:
+    # start_response(exc_info) after the headers went out: the server
+    # re-raises and the response stays the 200 it sent.
+    import io
+    import sys
+    import wsgiref.handlers
+
+    def app(environ: t.Any, start_response: t.Any) -> t.Iterator[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        yield b"first chunk"
+        try:
+            raise RuntimeError("boom mid-body")
+        except RuntimeError:
+            start_response("500 Internal Server Error", [], sys.exc_info())
+        yield b"never"
+
+    out = io.BytesIO()
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/",
+        "SERVER_NAME": "x",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "http",
+    }
+    handler = wsgiref.handlers.SimpleHandler(
+        io.BytesIO(), out, io.StringIO(), environ, multithread=False
+    )
+    with capture_signals() as sent:
+        handler.run(RequestTagging(app))
+    assert out.getvalue().split(b"\r\n", 1)[0].endswith(b" 200 OK")
+    (finished,) = [s for s in sent if s.name == "request-finished"]
+    assert finished.kwargs["status"] == 200
+
+
+def test_a_failing_log_sink_does_not_keep_request_finished() -> None:
+    def sink(logger: object, method_name: str, event_dict: t.Any) -> t.NoReturn:
+        raise OSError("log sink down")
+
+    structlog.configure(processors=[sink])
+
+    def app(environ: t.Any, start_response: t.Any) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    with capture_signals() as sent:
+        response = RequestTagging(app, access_log=True)(
+            {"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, lambda *a: None
+        )
+        list(response)
+        response.close()  # type: ignore[attr-defined]
+    assert [s.kwargs["status"] for s in sent if s.name == "request-finished"] == [200]
+
+
+def test_a_trace_id_left_by_an_unclosed_response_is_not_the_next_requests() -> None:
+    # A server that never closes a response (against PEP 3333) leaves its
+    # context set on the thread: the next request without a traceparent
+    # must not log that trace id as its own.
+    seen: list[dict[str, t.Any]] = []
+
+    def app(environ: t.Any, start_response: t.Any) -> list[bytes]:
+        seen.append(structlog.contextvars.get_contextvars())
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    tagged = RequestTagging(app)
+    trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    first = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "HTTP_TRACEPARENT": trace}
+
+    def unclosed() -> None:
+        list(tagged(first, lambda *a: None))  # never closed
+
+    def both() -> None:
+        unclosed()
+        response = tagged({"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, lambda *a: None)
+        list(response)
+        response.close()  # type: ignore[attr-defined]
+
+    thread = threading.Thread(target=both)
+    thread.start()
+    thread.join(10)
+    assert seen[0]["trace_id"] == "0af7651916cd43dd8448eb211c80319c"
+    assert "trace_id" not in seen[1]

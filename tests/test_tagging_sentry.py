@@ -667,7 +667,7 @@ def test_fault_log_sink_raises(path: str, capsys: pytest.CaptureFixture[str]) ->
     # flask_diag tried its access log line, then to report that failure.
     assert attempts == ["request finished", INTERNAL_ERROR]
     assert (
-        "flask_diag internal error in finishing the request: RuntimeError"
+        "flask_diag internal error in logging the finished request: RuntimeError"
         " (logging it failed too)"
     ) in capsys.readouterr().err
     assert structlog.contextvars.get_contextvars() == {}

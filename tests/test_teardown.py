@@ -224,7 +224,7 @@ def test_each_leak_is_found_with_its_details(
         assert line["path"] == path
         assert line["where"] == f"tests/{HERE}:{line_of(marker)} in {path[1:]}"
         assert line["fix"]
-        assert any(f"{HERE}:{line_of(marker)}" in frame for frame in line["stack"])
+        assert f"{HERE}:{line_of(marker)}" in line["stack"]
     if "connection_checked_out" in kinds:
         (conn,) = [li for li in lines if li["kind"] == "connection_checked_out"]
         assert conn["leaked"] == f"connection of {leak_app.engine.url}"
@@ -643,3 +643,103 @@ def test_a_plain_session_instance_can_be_watched(engine: Engine) -> None:
     finally:
         session.close()
     assert [li["kind"] for li in lines] == ["session_open"]
+
+
+# -- PEP 3333 edge cases and log rendering (found in review) ----------------------
+
+
+class _Chunks:
+    """An iterator-style response iterable of ``count`` 64 KiB chunks that
+    counts its ``close()`` calls."""
+
+    def __init__(self, count: int) -> None:
+        self.left = count
+        self.closes = 0
+
+    def __iter__(self) -> _Chunks:
+        return self
+
+    def __next__(self) -> bytes:
+        if self.left <= 0:
+            raise StopIteration
+        self.left -= 1
+        return b"x" * 65536
+
+    def close(self) -> None:
+        self.closes += 1
+
+
+def test_raise_mode_closes_a_large_body_once(engine: Engine) -> None:
+    # Over the hold limit, the client gone half way: the server closes the
+    # response once; dropping it must not close the app's iterable again.
+    import gc
+
+    body = _Chunks(40)
+
+    def app(environ: t.Any, start_response: t.Any) -> _Chunks:
+        start_response("200 OK", [])
+        return body
+
+    check = TeardownCheck(app, teardown="raise")
+    check.watch_engine(engine)
+    response = check({"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, lambda *a: None)
+    chunks = iter(response)
+    for _ in range(20):
+        next(chunks)
+    response.close()  # type: ignore[attr-defined]
+    response.close()  # type: ignore[attr-defined]  # a second close: no effect
+    del chunks, response
+    gc.collect()
+    assert body.closes == 1
+
+
+def test_raise_mode_passes_a_file_wrapper_through(engine: Engine) -> None:
+    class FileWrapper:
+        def __init__(self, filelike: t.Any) -> None:
+            self.filelike = filelike
+
+        def __iter__(self) -> Iterator[bytes]:
+            return iter([self.filelike.read()])
+
+    def app(environ: t.Any, start_response: t.Any) -> t.Any:
+        start_response("200 OK", [])
+        return environ["wsgi.file_wrapper"](__import__("io").BytesIO(b"data"))
+
+    check = TeardownCheck(app, teardown="raise")
+    check.watch_engine(engine)
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/",
+        "wsgi.file_wrapper": FileWrapper,
+    }
+    response = check(environ, lambda *a: None)
+    assert type(response) is FileWrapper  # the server can still sendfile it
+    assert threading.get_ident() not in check.watch.current
+
+
+def test_a_leak_line_renders_with_the_console_renderer(
+    engine: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # structlog's ConsoleRenderer (its default, and configure(json=False))
+    # takes ``stack`` for text: the line must render, not turn into an
+    # internal error.
+    import flask_diag.logging
+
+    flask_diag.logging.configure(json=False, file=__import__("sys").stdout)
+    kept: list[t.Any] = []
+
+    def app(environ: t.Any, start_response: t.Any) -> list[bytes]:
+        kept.append(engine.connect())
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    check = TeardownCheck(app)
+    check.watch_engine(engine)
+    response = check({"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, lambda *a: None)
+    list(response)
+    response.close()  # type: ignore[attr-defined]
+    out = capsys.readouterr().out
+    for conn in kept:
+        conn.close()
+    assert "teardown leak" in out
+    assert "internal error" not in out

@@ -146,7 +146,7 @@ def test_each_leak_is_reported_under_gunicorn_on_postgres(
         assert line["fix"]
         if line["kind"] == "connection_checked_out":
             assert line["leaked"].startswith("connection of postgresql+psycopg://")
-            assert any(where in frame for frame in line["stack"])
+            assert where in line["stack"]
     assert requests.post(server.url + "/cleanup", timeout=TIMEOUT).status_code == 200
 
 
