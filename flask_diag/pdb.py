@@ -67,6 +67,7 @@ import errno
 import ipaddress
 import os
 import pdb
+import re
 import socket
 import sys
 import threading
@@ -255,6 +256,12 @@ def _process_label() -> str:
 # -- the connection -------------------------------------------------------------
 
 
+#: The longest line a client may send (a pdb command, a line of code).
+_MAX_LINE = 64 * 1024
+#: An HTTP request line (``POST /x HTTP/1.1``): never a pdb command.
+_HTTP_REQUEST_LINE = re.compile(r"[A-Z]{3,10} \S+ HTTP/\d(\.\d)?$")
+
+
 class _Channel:
     """A connected client as pdb's stdin and stdout: lines in, text out.
 
@@ -271,6 +278,7 @@ class _Channel:
         self.lost = False
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._pending = ""
+        self._first = True
 
     def readable(self) -> bool:
         return True
@@ -284,18 +292,41 @@ class _Channel:
     def readline(self, size: int | None = -1, /) -> str:
         while "\n" not in self._pending:
             data = b""
-            if not self.lost:
+            if not self.lost and len(self._pending) <= _MAX_LINE:
                 try:
                     data = self.sock.recv(4096)
                 except OSError:
                     data = b""
             if not data:
-                self.lost = True
+                # Gone, or a "line" no one types: the session ends.
+                self._drop()
                 return ""
             self._pending += self._decoder.decode(data)
         line, _, self._pending = self._pending.partition("\n")
         # ``telnet`` and some ``nc`` builds send CR LF.
-        return line.rstrip("\r") + "\n"
+        line = line.rstrip("\r")
+        if self._first:
+            self._first = False
+            if _HTTP_REQUEST_LINE.match(line):
+                # A web page's request (fetch() to this port, through an SSH
+                # tunnel on a developer's machine): its body would be run as
+                # pdb commands. Refused before any line is.
+                logger.warning(
+                    "remote pdb refused an HTTP request",
+                    hint="an HTTP client, or a web page in a browser, connected"
+                    " to the debugging port; use flask diag pdb or nc",
+                )
+                self._drop()
+                return ""
+        return line + "\n"
+
+    def _drop(self) -> None:
+        self.lost = True
+        self._pending = ""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def write(self, text: str, /) -> int:
         if not self.lost:
@@ -819,6 +850,14 @@ def _open_session(
     return session
 
 
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped (``\\x1b``), for a terminal."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 def _banner(
     info: RequestInfo | None,
     request_id: str | None,
@@ -827,7 +866,8 @@ def _banner(
 ) -> str:
     request = request_id or "-"
     if info is not None:
-        request += f" {info.method} {info.path}"
+        # The path as the client sent it may hold terminal escape sequences.
+        request += f" {_printable(info.method)} {_printable(info.path)}"
     if timer is None:
         timeout = "no gunicorn or uWSGI worker timeout found"
     else:

@@ -418,6 +418,49 @@ def test_client_disconnect_mid_session_lets_the_code_continue(pdb_env: int) -> N
     assert ended["reason"] == "disconnected"
 
 
+def test_a_web_pages_request_is_refused_before_any_line_runs(
+    pdb_env: int, tmp_path: Path
+) -> None:
+    # What fetch(..., {method: "POST", mode: "no-cors"}) from a web page
+    # sends to the port (an SSH tunnel makes it local on the developer's
+    # machine): its body must never run as pdb commands.
+    marker = tmp_path / "pwned"
+    with capture_logs() as logs:
+        debugged = Debugged(answer_view)
+        with connect(pdb_env) as sock:
+            first_stop(sock)
+            sock.sendall(
+                b"POST /x HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: text/plain\r\n\r\n"
+                + f"!open({str(marker)!r}, 'w').write('x')\n".encode()
+            )
+            read_to_end(sock)
+        assert debugged.join() == {"answer": 1, "doubled": 2}
+    assert not marker.exists()
+    assert events(logs, "remote pdb refused an HTTP request")
+
+
+def test_a_line_without_end_ends_the_session(pdb_env: int) -> None:
+    debugged = Debugged(answer_view)
+    with connect(pdb_env) as sock:
+        first_stop(sock)
+        try:
+            sock.sendall(b"x" * (256 * 1024))  # no newline: no command
+        except OSError:
+            pass  # the server dropped the connection first
+        assert debugged.join() == {"answer": 1, "doubled": 2}
+
+
+def test_the_banner_escapes_control_characters_of_the_path() -> None:
+    from flask_diag.context import RequestInfo
+    from flask_diag.pdb import _banner
+
+    info = RequestInfo("id", None, 1, "MainThread", "GET", "/x\x1b]52;c;aGk=\x07", 0.0)
+    banner = _banner(info, "id", None, "127.0.0.1:4444")
+    assert "\x1b" not in banner and "\x07" not in banner
+    assert "/x\\x1b]52;c;aGk=\\x07" in banner
+
+
 def test_client_reset_mid_session_lets_the_code_continue(pdb_env: int) -> None:
     debugged = Debugged(answer_view)
     sock = connect(pdb_env)
