@@ -344,17 +344,21 @@ class _Channel:
         if self.lost:
             return True
         # A non-blocking peek, not select(): a busy worker may hold file
-        # descriptors above select()'s limit.
-        self.sock.setblocking(False)
+        # descriptors above select()'s limit. MSG_DONTWAIT where there is
+        # one: the socket's own mode is left alone, so another thread may
+        # ask while the session's thread reads.
+        dontwait = getattr(socket, "MSG_DONTWAIT", 0)
+        if not dontwait:
+            self.sock.setblocking(False)
         try:
-            if self.sock.recv(1, socket.MSG_PEEK) == b"":
+            if self.sock.recv(1, socket.MSG_PEEK | dontwait) == b"":
                 self.lost = True
         except BlockingIOError:
             pass  # connected, nothing sent
         except OSError:
             self.lost = True
         finally:
-            if not self.lost:
+            if not dontwait and not self.lost:
                 self.sock.setblocking(True)
         return self.lost
 
@@ -572,6 +576,10 @@ class _Session:
         self.peer = peer
         self.request_id = request_id
         self.thread = threading.get_ident()
+        # The thread itself, not only its id: a thread that ended while its
+        # session was open may leave its id to the next one (werkzeug's
+        # thread per request), which must not join that session.
+        self.thread_object = threading.current_thread()
         self.thread_name = thread_name()
         self.started = time.monotonic()
         self.ending: str | None = None
@@ -645,7 +653,11 @@ def _set_trace(frame: types.FrameType, header: str | None) -> None:
         _forgotten(frame, "the remote pdb is off (FLASK_DIAG_PDB is not on)")
         return
     session = _current
-    if session is not None and session.thread == threading.get_ident():
+    if (
+        session is not None
+        and session.thread == threading.get_ident()
+        and session.thread_object is threading.current_thread()
+    ):
         if not session.channel.peer_gone():
             # Again in the thread being debugged (a loop, or breakpoints
             # left after 'continue'): the same client goes on.
@@ -683,6 +695,16 @@ def _acquire(settings: Settings, frame: types.FrameType) -> bool:
     if _session_lock.acquire(blocking=False):
         return True
     holder = _current
+    if holder is not None and (
+        not holder.thread_object.is_alive() or holder.channel.peer_gone()
+    ):
+        # The open session's client left while its code ran on (after
+        # ``continue``), or its thread ended: nothing will end it, so end
+        # it here rather than make every later breakpoint wait for it.
+        holder.end()
+        if _session_lock.acquire(blocking=False):
+            return True
+        holder = _current
     where = {
         "file": frame.f_code.co_filename,
         "line": frame.f_lineno,
@@ -697,16 +719,21 @@ def _acquire(settings: Settings, frame: types.FrameType) -> bool:
             **where,
         )
         return False
+    wait = settings.pdb_wait
+    timer = worker_kill_timer(_request_info(frame))
+    if timer is not None and timer.kills and timer.left is not None:
+        # As for a client: give up before the server kills the worker.
+        wait = max(min(wait, timer.left - KILL_MARGIN), 0.5)
     logger.warning(
         "remote pdb busy: waiting for the open session to end",
-        wait_s=settings.pdb_wait,
+        wait_s=round(wait, 1),
         **where,
     )
-    if _session_lock.acquire(timeout=settings.pdb_wait):
+    if _session_lock.acquire(timeout=wait):
         return True
     logger.warning(
         "remote pdb busy: breakpoint skipped",
-        reason=f"the open session did not end within {settings.pdb_wait:g} s",
+        reason=f"the open session did not end within {wait:g} s",
         **where,
     )
     return False

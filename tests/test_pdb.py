@@ -680,6 +680,54 @@ def test_a_busy_process_waits_then_gets_its_own_session(pdb_env: int) -> None:
         assert second.join() == {"answer": 7, "doubled": 14}
 
 
+def _session_left_open(pdb_env: int, alive: threading.Event) -> Debugged:
+    """A session whose client set a breakpoint that is never hit, went on
+    (``continue``) and left: its code runs on while ``alive`` is clear."""
+
+    def view() -> int:
+        flask_diag.set_trace()
+        alive.wait(TIMEOUT)
+        return 1
+        never = 2  # the line never hit  # noqa: F841
+
+    debugged = Debugged(view)
+    with connect(pdb_env) as sock:
+        first_stop(sock)
+        command(sock, f"break {_line_of('# the line never hit  # noqa: F841')}")
+        sock.sendall(b"c\n")
+        said = b""
+        while b"breakpoint(s) left" not in said:
+            chunk = sock.recv(65536)
+            assert chunk, f"connection closed; got {said!r}"
+            said += chunk
+    return debugged
+
+
+@pytest.mark.parametrize("thread_ended", [False, True], ids=["running", "ended"])
+def test_a_session_left_by_its_client_does_not_hold_up_other_breakpoints(
+    pdb_env: int, thread_ended: bool
+) -> None:
+    alive = threading.Event()
+    with capture_logs() as logs:
+        left = _session_left_open(pdb_env, alive)
+        if thread_ended:
+            alive.set()
+            assert left.join() == 1
+        # A breakpoint in another thread gets its own session at once, not
+        # a wait of FLASK_DIAG_PDB_WAIT for one nobody will end.
+        second = Debugged(answer_view)
+        wait_for_event(logs, "remote pdb waiting for a client", count=2)
+        assert not events(logs, "remote pdb busy: waiting for the open session to end")
+        with connect(pdb_env) as sock:
+            banner = first_stop(sock)
+            assert "thread:  debugged" in banner
+            sock.sendall(b"c\n")
+            read_to_end(sock)
+        assert second.join() == {"answer": 1, "doubled": 2}
+        alive.set()
+        assert left.join() == 1
+
+
 # -- the server's kill timer ------------------------------------------------------
 
 
