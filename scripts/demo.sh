@@ -12,4 +12,9 @@ venv=.venv-demo
 echo "==> virtualenv $venv"
 "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[demo]"
-exec "$venv/bin/python" examples/demo.py "$@"
+# The demo's servers write their files (the debugger's PIN file, its
+# record) under a temporary directory of this run, removed at the end.
+TMPDIR="$(mktemp -d)"
+export TMPDIR
+trap 'rm -rf "$TMPDIR"' EXIT
+"$venv/bin/python" examples/demo.py "$@"

@@ -51,4 +51,10 @@ for bench in benchmarks/bench_*.py; do
     "$venv/bin/python" "$bench" --quick >/dev/null
 done
 echo "==> pytest"
-exec "$venv/bin/python" -m pytest "$@"
+# The servers the tests start write their files (debugger PIN files and
+# records, sockets, databases) under a temporary directory of this run,
+# removed at the end: nothing is left in /tmp.
+TMPDIR="$(mktemp -d)"
+export TMPDIR
+trap 'rm -rf "$TMPDIR"' EXIT
+"$venv/bin/python" -m pytest "$@"
