@@ -54,7 +54,10 @@ echo "==> pytest"
 # The servers the tests start write their files (debugger PIN files and
 # records, sockets, databases) under a temporary directory of this run,
 # removed at the end: nothing is left in /tmp.
+# Traversable (0755): the PostgreSQL server runs as the postgres user with
+# its data directory in there; what is inside keeps its own modes (0700).
 TMPDIR="$(mktemp -d)"
+chmod 0755 "$TMPDIR"
 export TMPDIR
 trap 'rm -rf "$TMPDIR"' EXIT
 "$venv/bin/python" -m pytest "$@"
