@@ -107,36 +107,59 @@ def write_pin_file(pin: str) -> str:
     """
     directory = tempfile.mkdtemp(prefix="flask-diag-debugger-")
     path = os.path.join(directory, "pin")
-    _write_new_private(path, pin)
+    _write_new_private(path, pin + "\n")
     return path
 
 
-def _write_new_private(path: str, pin: str) -> None:
+def _write_new_private(path: str, text: str) -> None:
     # O_EXCL: a file (or a planted symlink) already there is an error, and
     # the mode is 0600 from the first moment.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(pin + "\n")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(path)  # ours: created just now
         raise
 
 
-def replace_pin_file(path: str, pin: str) -> None:
-    """Atomically replace the PIN in ``path`` (a file made by
-    :func:`write_pin_file`): a new 0600 file created exclusively in the same
-    private directory, then renamed over the old one."""
-    directory = os.path.dirname(path)
-    fresh = os.path.join(directory, f"pin.{secrets.token_hex(8)}")
-    _write_new_private(fresh, pin)
+def _replace_private(path: str, text: str) -> None:
+    """Atomically replace ``path`` with a 0600 file holding ``text``: a new
+    file created exclusively beside it, then renamed over it."""
+    fresh = f"{path}.{secrets.token_hex(8)}"
+    _write_new_private(fresh, text)
     try:
         os.replace(fresh, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(fresh)
         raise
+
+
+def _read_private(path: str, limit: int) -> bytes | None:
+    """At most ``limit`` bytes of ``path`` when it is a regular file of this
+    user that no one else can read or write (not followed if a symlink);
+    ``None`` otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if (
+            not stat.S_ISREG(info.st_mode)
+            or info.st_uid != os.getuid()
+            or info.st_mode & 0o077
+        ):
+            return None
+        return f.read(limit)
+
+
+def replace_pin_file(path: str, pin: str) -> None:
+    """Atomically replace the PIN in ``path`` (a file made by
+    :func:`write_pin_file`), in its private directory."""
+    _replace_private(path, pin + "\n")
 
 
 class PinLock:
@@ -460,46 +483,22 @@ def _record_path(key: str) -> str:
 
 
 def _read_record(path: str) -> dict[str, t.Any] | None:
+    data = _read_private(path, 65536)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
+        value = json.loads(data) if data is not None else None
+    except ValueError:
         return None
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
-            return None
-        try:
-            value = json.loads(f.read(65536))
-        except ValueError:
-            return None
     return value if isinstance(value, dict) else None
 
 
 def _write_record(path: str, state: dict[str, object]) -> None:
-    fresh = f"{path}.{secrets.token_hex(8)}"
-    fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(state, f)
-        os.replace(fresh, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(fresh)
-        raise
+    _replace_private(path, json.dumps(state))
 
 
 def _read_pin(path: str) -> str | None:
-    """The PIN in a file :func:`write_pin_file` made (0600, ours), or
-    ``None``."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return None
-    with os.fdopen(fd, "r", encoding="ascii", errors="replace") as f:
-        info = os.fstat(f.fileno())
-        if info.st_uid != os.getuid() or info.st_mode & 0o077:
-            return None
-        pin = f.read(200).strip()
+    """The PIN in a file :func:`write_pin_file` made, or ``None``."""
+    data = _read_private(path, 200)
+    pin = data.decode("ascii", "replace").strip() if data is not None else ""
     return pin or None
 
 
