@@ -691,6 +691,16 @@ def _set_trace(frame: types.FrameType, header: str | None) -> None:
         raise
 
 
+def _wait_before_kill(settings: Settings, timer: KillTimer | None) -> float:
+    """``FLASK_DIAG_PDB_WAIT``, cut to give up before the server kills the
+    worker: an unattended or busy breakpoint must cost a slow request, not a
+    dead worker."""
+    wait = settings.pdb_wait
+    if timer is not None and timer.kills and timer.left is not None:
+        wait = max(min(wait, timer.left - KILL_MARGIN), 0.5)
+    return wait
+
+
 def _acquire(settings: Settings, frame: types.FrameType) -> bool:
     if _session_lock.acquire(blocking=False):
         return True
@@ -719,11 +729,7 @@ def _acquire(settings: Settings, frame: types.FrameType) -> bool:
             **where,
         )
         return False
-    wait = settings.pdb_wait
-    timer = worker_kill_timer(_request_info(frame))
-    if timer is not None and timer.kills and timer.left is not None:
-        # As for a client: give up before the server kills the worker.
-        wait = max(min(wait, timer.left - KILL_MARGIN), 0.5)
+    wait = _wait_before_kill(settings, worker_kill_timer(_request_info(frame)))
     logger.warning(
         "remote pdb busy: waiting for the open session to end",
         wait_s=round(wait, 1),
@@ -788,11 +794,7 @@ def _open_session(
     if request_id is None and info is not None:
         request_id = info.request_id
     timer = worker_kill_timer(info)
-    wait = settings.pdb_wait
-    if timer is not None and timer.kills and timer.left is not None:
-        # Give up before the server kills the worker: an unattended
-        # breakpoint must cost a slow request, not a dead worker.
-        wait = max(min(wait, timer.left - KILL_MARGIN), 0.5)
+    wait = _wait_before_kill(settings, timer)
     where = {
         # The real pid, not the cached one: uWSGI forks without running
         # Python's at-fork hooks (unless --py-call-osafterfork).

@@ -492,10 +492,7 @@ class TeardownCheck:
             else:
                 iterator = None  # type: ignore[assignment]
         except BaseException:
-            try:
-                close_iterable(app_iter)
-            finally:
-                self.finish(request)
+            self._close_and_finish(request, app_iter)
             raise
         if iterator is not None:
             # Too large to hold: sent as it is, checked at the end anyway.
@@ -503,10 +500,7 @@ class TeardownCheck:
             request.body = _chain(chunks, iterator)
             request.app_iter = app_iter
             return request
-        try:
-            close_iterable(app_iter)
-        finally:
-            findings = self.finish(request)
+        findings = self._close_and_finish(request, app_iter)
         if findings:
             raise TeardownLeakError(findings)
         held.commit()
@@ -521,11 +515,19 @@ class TeardownCheck:
         try:
             held.commit()
         except BaseException:
-            try:
-                close_iterable(app_iter)
-            finally:
-                self.finish(request)
+            self._close_and_finish(request, app_iter)
             raise
+
+    def _close_and_finish(
+        self, request: _Request, app_iter: t.Iterable[bytes]
+    ) -> list[TeardownFinding]:
+        """Close the app's iterable, then end ``request``, however the close
+        went (raise mode: the server never sees the iterable)."""
+        try:
+            close_iterable(app_iter)
+        finally:
+            findings = self.finish(request)
+        return findings
 
 
 def _chain(first: list[bytes], rest: t.Iterator[bytes]) -> t.Iterator[bytes]:
