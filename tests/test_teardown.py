@@ -369,6 +369,29 @@ def test_raise_mode_answers_a_teardown_leak_envelope(engine: Engine) -> None:
         leak_app.close()
 
 
+class _FileWrapper:
+    """A server's ``wsgi.file_wrapper``: iterates the file-like object it is
+    given, and closes it."""
+
+    def __init__(self, filelike: t.Any) -> None:
+        self.filelike = filelike
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.filelike)
+
+    def close(self) -> None:
+        self.filelike.close()
+
+
+def _environ() -> dict[str, t.Any]:
+    """A ``GET /`` environ of a server that has a ``wsgi.file_wrapper``."""
+    return {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/",
+        "wsgi.file_wrapper": _FileWrapper,
+    }
+
+
 @pytest.mark.parametrize("body", ["large", "file"])
 def test_raise_mode_ends_the_request_when_the_server_refuses_the_status(
     engine: Engine, body: str
@@ -376,48 +399,31 @@ def test_raise_mode_ends_the_request_when_the_server_refuses_the_status(
     # A body too large to hold, or a file the server sends itself, has its
     # status forwarded at once; when the server (or a middleware further out)
     # refuses it, the request ends there: nothing of it stays on the thread.
-    closed: list[bool] = []
-
-    class Body:
-        def __init__(self, chunks: list[bytes]) -> None:
-            self.chunks = chunks
-
-        def __iter__(self) -> Iterator[bytes]:
-            return iter(self.chunks)
-
-        def close(self) -> None:
-            closed.append(True)
+    made: list[_Chunks] = []
 
     def app(environ: t.Any, start_response: t.Any) -> t.Iterable[bytes]:
         start_response("200 OK", [("Content-Type", "text/plain")])
         with engine.connect() as conn:
             conn.execute(text("select 1"))
         if body == "file":
-            return environ["wsgi.file_wrapper"](Body([b"x"]))
-        return Body([b"x" * 65536] * 20)  # 1.25 MiB: more than is held
-
-    class FileWrapper(Body):
-        def __init__(self, inner: Body) -> None:
-            super().__init__(inner.chunks)
+            made.append(_Chunks(1))
+            return t.cast(t.Iterable[bytes], environ["wsgi.file_wrapper"](made[-1]))
+        made.append(_Chunks(20))  # 1.25 MiB: more than is held
+        return made[-1]
 
     def refuse(*args: t.Any) -> t.NoReturn:
         raise ValueError("the server refuses this status")
 
     check = TeardownCheck(app, teardown="raise")
     check.watch_engine(engine)
-    environ = {
-        "REQUEST_METHOD": "GET",
-        "PATH_INFO": "/",
-        "wsgi.file_wrapper": FileWrapper,
-    }
     with pytest.raises(ValueError, match="refuses"):
-        check(environ, refuse)
-    assert closed == [True]
+        check(_environ(), refuse)
+    assert made[0].closes == 1
     assert threading.get_ident() not in check.watch.current
     # The next request on the thread is checked as usual.
     started: list[str] = []
     response = check(
-        environ, lambda status, headers, exc_info=None: started.append(status)
+        _environ(), lambda status, headers, exc_info=None: started.append(status)
     )
     assert started == ["200 OK"]
     getattr(response, "close", lambda: None)()
@@ -682,7 +688,7 @@ def test_raise_mode_closes_a_large_body_once(engine: Engine) -> None:
 
     check = TeardownCheck(app, teardown="raise")
     check.watch_engine(engine)
-    response = check({"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, lambda *a: None)
+    response = check(_environ(), lambda *a: None)
     chunks = iter(response)
     for _ in range(20):
         next(chunks)
@@ -694,26 +700,14 @@ def test_raise_mode_closes_a_large_body_once(engine: Engine) -> None:
 
 
 def test_raise_mode_passes_a_file_wrapper_through(engine: Engine) -> None:
-    class FileWrapper:
-        def __init__(self, filelike: t.Any) -> None:
-            self.filelike = filelike
-
-        def __iter__(self) -> Iterator[bytes]:
-            return iter([self.filelike.read()])
-
     def app(environ: t.Any, start_response: t.Any) -> t.Any:
         start_response("200 OK", [])
-        return environ["wsgi.file_wrapper"](__import__("io").BytesIO(b"data"))
+        return environ["wsgi.file_wrapper"](_Chunks(1))
 
     check = TeardownCheck(app, teardown="raise")
     check.watch_engine(engine)
-    environ = {
-        "REQUEST_METHOD": "GET",
-        "PATH_INFO": "/",
-        "wsgi.file_wrapper": FileWrapper,
-    }
-    response = check(environ, lambda *a: None)
-    assert type(response) is FileWrapper  # the server can still sendfile it
+    response = check(_environ(), lambda *a: None)
+    assert type(response) is _FileWrapper  # the server can still sendfile it
     assert threading.get_ident() not in check.watch.current
 
 
@@ -735,7 +729,7 @@ def test_a_leak_line_renders_with_the_console_renderer(
 
     check = TeardownCheck(app)
     check.watch_engine(engine)
-    response = check({"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, lambda *a: None)
+    response = check(_environ(), lambda *a: None)
     list(response)
     response.close()  # type: ignore[attr-defined]
     out = capsys.readouterr().out
