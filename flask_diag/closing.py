@@ -152,20 +152,15 @@ class EndsAtClose:
     __slots__ = ()
 
     app_iter: t.Iterable[bytes]
-    #: Set by the first ``close()``: a server (or a test client) that calls
-    #: it again does not close the app's iterable twice. A subclass with
-    #: ``__slots__`` has a ``closed`` slot and sets it to ``False``.
-    closed: bool
+    #: ``True`` once :meth:`end` has run: a server (or a test client) that
+    #: calls ``close()`` again does not close the app's iterable twice.
+    ended: bool
 
     def close(self) -> None:
-        if self.closed:
+        if self.ended:
             return
-        # (The attribute lives in the subclass: this mixin has no slots.)
-        setattr(self, "closed", True)  # noqa: B010
         try:
-            close = getattr(self.app_iter, "close", None)
-            if close is not None:
-                close()
+            close_iterable(self.app_iter)
         finally:
             self.end()
 

@@ -120,6 +120,7 @@ from werkzeug.http import parse_cookie
 from werkzeug.wrappers import Request
 from werkzeug.wrappers import Response
 
+from .closing import close_iterable
 from .context import request_info
 from .debugger_pin import PinLock
 from .debugger_pin import server_key
@@ -414,12 +415,9 @@ class _GatedDebugger(DebuggedApplication):
         try:
             app_iter = self.app(environ, start_response)
             yield from app_iter
-            if hasattr(app_iter, "close"):
-                app_iter.close()
+            close_iterable(app_iter)
         except Exception as e:
-            close = getattr(app_iter, "close", None)
-            if close is not None:
-                close()
+            close_iterable(app_iter)
             tb = DebugTraceback(e, skip=1, hide=not self.show_hidden_frames)
             html = tb.render_debugger_html(
                 evalex=self.check_host_trust(environ),

@@ -676,13 +676,11 @@ class _GuardedResponse:
         return [body]
 
     def close(self) -> None:
-        close = getattr(self.app_iter, "close", None)
-        if close is not None:
-            try:
-                close()
-            except Exception as exc:
-                self.owner._report_after_start(self.environ, exc, self.status)
-                raise
+        try:
+            close_iterable(self.app_iter)
+        except Exception as exc:
+            self.owner._report_after_start(self.environ, exc, self.status)
+            raise
 
 
 def _propagates(environ: WSGIEnvironment, flask_app: object | None) -> bool:

@@ -236,7 +236,6 @@ class _TaggedResponse(EndsAtClose, RequestInfo):
     trace_token: Token[t.Any] | None = None
     sentry_scope: AbstractContextManager[t.Any] | None = None
     ended = False
-    closed = False
 
     @classmethod
     def copy_of(cls, info: RequestInfo) -> _TaggedResponse:

@@ -188,8 +188,7 @@ class _Request(EndsAtClose):
         "previous",
         "body",
         "app_iter",
-        "closed",
-        "finished",
+        "ended",
     )
 
     def __init__(
@@ -212,10 +211,9 @@ class _Request(EndsAtClose):
         self.previous = previous
         self.body: t.Iterable[bytes] = ()
         self.app_iter: t.Iterable[bytes] = ()
-        self.closed = False
         #: Set once :meth:`TeardownCheck.finish` has run: never restored as
-        #: a thread's current request.
-        self.finished = False
+        #: a thread's current request, never closed again.
+        self.ended = False
 
     def __iter__(self) -> t.Iterator[bytes]:
         return iter(self.body)
@@ -424,14 +422,14 @@ class TeardownCheck:
         report. Returns the findings."""
         current = self.watch.current
         ident = request.ident
-        request.finished = True
+        request.ended = True
         # From the request's thread, or from another (a server closing the
         # response elsewhere, a nested response closed late) while it is
         # still the thread's current one: the thread's previous request
         # that is not over becomes current again.
         if ident == get_ident() or current.get(ident) is request:
             previous = request.previous
-            while previous is not None and previous.finished:
+            while previous is not None and previous.ended:
                 previous = previous.previous
             if previous is None:
                 current.pop(ident, None)
