@@ -85,11 +85,12 @@ PITFALLS = [
         ("--server", "gunicorn -w 1 app:app"),
         [
             ("DIAG025", "error", None, None),
-            ("DIAG021", "warning", "app.py", 69),
-            ("DIAG020", "warning", "app.py", 97),
+            ("DIAG021", "warning", "app.py", 71),
             ("DIAG020", "warning", "app.py", 99),
             ("DIAG020", "warning", "app.py", 101),
-            ("DIAG023", "warning", "app.py", 104),
+            ("DIAG020", "warning", "app.py", 103),
+            ("DIAG023", "warning", "app.py", 106),
+            ("DIAG020", "warning", "app.py", 113),  # /selfcall-caught
         ],
         id="pitfall2",
     ),

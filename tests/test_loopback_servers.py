@@ -234,6 +234,19 @@ def test_self_call_fails_within_a_second(
     )
 
 
+@pytest.mark.parametrize("kind", SINGLE)
+def test_a_deadlock_the_view_catches_is_still_the_answer(
+    serve: t.Callable[..., ServerProcess], kind: str
+) -> None:
+    # The view turns the failed call into its own 502: the error envelope
+    # answers the deadlock the guard recorded (problem.CAUSE_KEY) instead.
+    app = serve(kind)
+    started = time.monotonic()
+    response = requests.get(f"{app.url}/selfcall-caught", timeout=TIMEOUT)
+    problem = assert_loopback_problem(response, time.monotonic() - started)
+    assert problem["own_url"] == f"{app.url}/ping"
+
+
 @pytest.mark.parametrize(
     "kind",
     [

@@ -26,8 +26,10 @@ a second request (``gunicorn -k gthread --threads 4``, ``-w 2``,
 Routes: ``/recognize`` (URL handed over), ``/recognize-indirect`` (only the
 image's name is sent; the API builds the URL itself, so only the callback
 detector can tell), ``/selfcall/<requests|httpx|urllib>`` (calls ``/ping`` on
-this server), ``/fetch?url=`` (calls any other URL), ``/nap?seconds=`` (sleeps,
-for the watchdog).
+this server), ``/selfcall-caught`` (the same call in a view that turns any
+failure into its own 502, as much real code does: the answer is still the
+``loopback_deadlock`` problem), ``/fetch?url=`` (calls any other URL),
+``/nap?seconds=`` (sleeps, for the watchdog).
 """
 
 from __future__ import annotations
@@ -103,6 +105,15 @@ def selfcall(client: str) -> dict[str, object]:
     else:
         return {"error": f"unknown client {client!r}"}
     return {"client": client, "answer": text}
+
+
+@app.get("/selfcall-caught")
+def selfcall_caught() -> tuple[dict[str, object], int]:
+    try:
+        text = requests.get(url_for("ping", _external=True), timeout=5).text
+    except Exception as exc:  # any failure of the call: our own 502
+        return {"error": "the ping service failed", "type": type(exc).__name__}, 502
+    return {"answer": text}, 200
 
 
 @app.get("/fetch")
