@@ -297,14 +297,20 @@ def one_process_command(argv: t.Sequence[str] | None = None) -> str:
     return f"{GUNICORN_COMMAND} {shlex.join(kept)}".rstrip()
 
 
+def _debug_command(server: str, *, one_process: bool = False) -> str:
+    """The server command for a debugging session: one process, and a
+    worker timeout that does not cut a session in a frame short."""
+    if server == "uwsgi":
+        processes = "--processes 1 " if one_process else ""
+        return f"uwsgi {processes}--harakiri 3600 (or no harakiri) ..."
+    return one_process_command()
+
+
 def _one_process_message(profile: ServerProfile, processes: int | None) -> str:
     count = f"{processes} worker processes" if processes else "several processes"
-    if profile.server == "uwsgi":
-        fix = "uwsgi --processes 1 --harakiri 3600 (or no harakiri) ..."
-    else:
-        fix = one_process_command()
-        if os.environ.get("GUNICORN_CMD_ARGS"):
-            fix += "   (and no --workers in GUNICORN_CMD_ARGS)"
+    fix = _debug_command(profile.server, one_process=True)
+    if profile.server != "uwsgi" and os.environ.get("GUNICORN_CMD_ARGS"):
+        fix += "   (and no --workers in GUNICORN_CMD_ARGS)"
     return (
         f"flask_diag's debugger refuses to start: this server ({profile.describe()})"
         f" runs {count}. werkzeug's debugger keeps the frames of every traceback"
@@ -668,10 +674,7 @@ class DebuggerGate:
             # loop: it never kills a request thread paused in a frame.
             timer = worker_kill_timer()
             if timer is not None and timer.kills and 0 < timer.seconds < 600:
-                if timer.server == "uwsgi":
-                    fix = "uwsgi --harakiri 3600 (or no harakiri) ..."
-                else:
-                    fix = one_process_command()
+                fix = _debug_command(timer.server)
                 logger.warning(
                     "debugger_short_timeout",
                     # At start-up no request runs: the time left is moot.

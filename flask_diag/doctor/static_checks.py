@@ -152,7 +152,6 @@ class StaticResult:
     flask_lines: list[tuple[str, int]] = dataclasses.field(default_factory=list)
     #: Where ``DebuggedApplication(...)`` is called.
     debugger_lines: list[tuple[str, int]] = dataclasses.field(default_factory=list)
-    #: Where the secret key is set only under ``__main__``.
 
     def merge(self, other: StaticResult) -> None:
         self.findings.extend(other.findings)
