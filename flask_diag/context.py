@@ -29,6 +29,7 @@ __all__ = [
     "RequestInfo",
     "current_pid",
     "new_request_id",
+    "new_request_info",
     "clean_request_id",
     "parse_traceparent",
     "request_info",
@@ -181,54 +182,44 @@ _Info = t.TypeVar("_Info", bound=RequestInfo)
 _CHECK_PID = "uwsgi" in sys.modules
 
 
-@t.overload
-def request_info(
-    environ: WSGIEnvironment,
-    *,
-    header_key: str = ...,
-    trust_incoming: bool = ...,
-) -> RequestInfo: ...
-
-
-@t.overload
-def request_info(
-    environ: WSGIEnvironment,
-    *,
-    header_key: str = ...,
-    trust_incoming: bool = ...,
-    factory: type[_Info],
-) -> RequestInfo | _Info: ...
-
-
 def request_info(
     environ: WSGIEnvironment,
     *,
     header_key: str = "HTTP_X_REQUEST_ID",
     trust_incoming: bool = True,
-    factory: type[RequestInfo] = RequestInfo,
 ) -> RequestInfo:
     """Get the request's :class:`RequestInfo`, creating it on first call.
 
     A new one reuses a safe incoming request id, otherwise generates one, and
     writes the id back into ``environ[header_key]`` so the app reads the same
-    value as the logs, never the raw one a client sent. ``factory`` (a
-    subclass of :class:`RequestInfo`, made without calling a constructor: the
-    fields are set one by one) is what a new one is made of: the tagging
-    middleware's response object is the request's info too, one object
-    instead of two on every request.
+    value as the logs, never the raw one a client sent.
     """
     info: RequestInfo | None = environ.get(ENVIRON_KEY)
     if info is not None:
         return info
+    return new_request_info(environ, header_key, trust_incoming, RequestInfo)
+
+
+def new_request_info(
+    environ: WSGIEnvironment,
+    header_key: str,
+    trust_incoming: bool,
+    factory: type[_Info],
+) -> _Info:
+    """:func:`request_info` for a middleware that found none in ``environ``:
+    a new one, made of ``factory`` (a subclass of :class:`RequestInfo`,
+    made without calling a constructor: the fields are set one by one). The
+    tagging middleware's response object is the request's info too, one
+    object instead of two on every request."""
     if _CHECK_PID and os.getpid() != _pid:
         _refresh_pid()
     incoming = environ.get(header_key)
-    if incoming is None:
-        request_id = f"{_id_prefix}{next(_id_counter):016x}"
-    elif trust_incoming and _SAFE_REQUEST_ID.fullmatch(incoming):
+    if incoming is not None and trust_incoming and _SAFE_REQUEST_ID.fullmatch(incoming):
         request_id = incoming
     else:
-        request_id = environ[header_key] = f"{_id_prefix}{next(_id_counter):016x}"
+        request_id = f"{_id_prefix}{next(_id_counter):016x}"
+        if incoming is not None:
+            environ[header_key] = request_id  # the app sees the id we log
     traceparent = environ.get("HTTP_TRACEPARENT")
     # The fields set here rather than by ``__init__``: one Python call fewer
     # per request.

@@ -51,7 +51,7 @@ from .closing import EndsAtClose
 from .context import current_pid_str
 from .context import ENVIRON_KEY
 from .context import is_file_wrapper
-from .context import request_info
+from .context import new_request_info
 from .context import RequestInfo
 from .internal import logger
 from .internal import report_internal_error
@@ -115,14 +115,8 @@ class RequestTagging:
         # one test when it is off.
         info = environ.get(ENVIRON_KEY)
         if info is None:
-            response = t.cast(
-                _TaggedResponse,
-                request_info(
-                    environ,
-                    header_key=self._header_key,
-                    trust_incoming=self._trust,
-                    factory=_TaggedResponse,
-                ),
+            response = new_request_info(
+                environ, self._header_key, self._trust, _TaggedResponse
             )
         elif type(info) is _TaggedResponse:
             # Wrapped twice (``Diag(app)`` and ``wrap(app)``): the outer one
