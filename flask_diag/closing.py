@@ -27,6 +27,7 @@ from werkzeug.wsgi import ClosingIterator
 __all__ = [
     "EndsAtClose",
     "add_quiet_callback",
+    "quiet",
     "close_iterable",
     "inert_response",
     "werkzeug_body",
@@ -60,12 +61,13 @@ def inert_response(app_iter: object) -> bool:
         # Typed loosely on purpose: these are werkzeug's private attributes.
         closing: t.Any = app_iter
         callbacks = closing._callbacks
-        if callbacks[-1].__func__ is not _RESPONSE_CLOSE:
+        last = len(callbacks) - 1
+        if callbacks[last].__func__ is not _RESPONSE_CLOSE:
             # Past flask_diag's own (add_quiet_callback), which never raise.
-            callbacks = _without_quiet(callbacks)
-            if callbacks[-1].__func__ is not _RESPONSE_CLOSE:
+            last = _last_not_quiet(callbacks)
+            if callbacks[last].__func__ is not _RESPONSE_CLOSE:
                 return False  # not werkzeug's own close (a subclass's)
-        response = callbacks[-1].__self__
+        response = callbacks[last].__self__
         body = response.response
         if (
             type(body) is not list
@@ -73,13 +75,13 @@ def inert_response(app_iter: object) -> bool:
             or not isinstance(response, Response)
         ):
             return False
-        if len(callbacks) == 2:
+        if last == 1:
             # [the _iter_encoded generator's close, response.close]
             if callbacks[0].__self__.gi_code is not _ITER_ENCODED:
                 return False
             return len(body) == 1 and type(body[0]) is bytes
         # [response.close] around an empty iterator: no body is sent.
-        return len(callbacks) == 1 and type(closing._next.args[0]) is _EMPTY_ITER
+        return last == 0 and type(closing._next.args[0]) is _EMPTY_ITER
     except (AttributeError, IndexError, TypeError):
         return False
 
@@ -92,10 +94,11 @@ def werkzeug_body(app_iter: object) -> bytes | None:
         return None
     try:
         closing: t.Any = app_iter
-        callbacks = _without_quiet(closing._callbacks)
-        if callbacks[-1].__func__ is not _RESPONSE_CLOSE:
+        callbacks = closing._callbacks
+        last = _last_not_quiet(callbacks)
+        if callbacks[last].__func__ is not _RESPONSE_CLOSE:
             return None
-        body = callbacks[-1].__self__.response
+        body = callbacks[last].__self__.response
         if type(body) is list and all(type(chunk) is bytes for chunk in body):
             return b"".join(body)
     except (AttributeError, IndexError, TypeError):
@@ -103,36 +106,47 @@ def werkzeug_body(app_iter: object) -> bytes | None:
     return None
 
 
-#: The functions of close callbacks added by :func:`add_quiet_callback`.
+#: The functions marked :func:`quiet`.
 _QUIET: set[t.Callable[..., object]] = set()
+
+_F = t.TypeVar("_F", bound=t.Callable[..., object])
+
+
+def quiet(func: _F) -> _F:
+    """Mark a method as flask_diag's own close callback: it never raises, so
+    :func:`inert_response` looks past it. Once, where it is defined::
+
+        @quiet
+        def end(self) -> None: ...
+    """
+    _QUIET.add(func)
+    return func
 
 
 def add_quiet_callback(app_iter: object, callback: t.Callable[[], object]) -> bool:
     """Have werkzeug's ``ClosingIterator`` call ``callback`` last at close.
 
     Cheaper than wrapping the response (iteration stays werkzeug's). For
-    flask_diag's own end-of-request work: ``callback`` is a bound method that
-    never raises, so :func:`inert_response` looks past it. ``False``, and
-    nothing added, when ``app_iter`` is not a ``ClosingIterator`` (the caller
-    wraps it instead).
+    flask_diag's own end-of-request work: ``callback`` is a bound method
+    marked :func:`quiet` (any other makes the response not inert, which is
+    only slower). ``False``, and nothing added, when ``app_iter`` is not a
+    ``ClosingIterator`` (the caller wraps it instead).
     """
     if type(app_iter) is not ClosingIterator:
         return False
     callbacks = getattr(app_iter, "_callbacks", None)
     if type(callbacks) is not list:
         return False
-    func = getattr(callback, "__func__", None)
-    if func is not None and func not in _QUIET:
-        _QUIET.add(func)
     callbacks.append(callback)
     return True
 
 
-def _without_quiet(callbacks: list[t.Any]) -> list[t.Any]:
-    end = len(callbacks)
-    while end > 1 and getattr(callbacks[end - 1], "__func__", None) in _QUIET:
-        end -= 1
-    return callbacks[:end]
+def _last_not_quiet(callbacks: list[t.Any]) -> int:
+    """The index of the last callback that is not a :func:`quiet` one."""
+    last = len(callbacks) - 1
+    while last > 0 and getattr(callbacks[last], "__func__", None) in _QUIET:
+        last -= 1
+    return last
 
 
 def close_iterable(app_iter: object) -> None:

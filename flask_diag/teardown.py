@@ -74,6 +74,7 @@ from . import sentry
 from .closing import add_quiet_callback
 from .closing import close_iterable
 from .closing import EndsAtClose
+from .closing import quiet
 from .context import current_pid
 from .context import is_file_wrapper
 from .context import request_info
@@ -218,6 +219,7 @@ class _Request(EndsAtClose):
     def __iter__(self) -> t.Iterator[bytes]:
         return iter(self.body)
 
+    @quiet
     def end(self) -> None:
         """The response is closed: the request is over."""
         check = self.check

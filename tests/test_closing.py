@@ -12,7 +12,10 @@ from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Response
 from werkzeug.wsgi import ClosingIterator
 
+from flask_diag.closing import add_quiet_callback
 from flask_diag.closing import inert_response
+from flask_diag.closing import quiet
+from flask_diag.closing import werkzeug_body
 
 
 @pytest.fixture
@@ -74,6 +77,30 @@ def test_flask_responses(app: Flask, path: str, method: str, inert: bool) -> Non
     result = app_iter(app, path, method)
     try:
         assert inert_response(result) is inert
+    finally:
+        result.close()
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_inert_past_flask_diags_own_quiet_callbacks(app: Flask, method: str) -> None:
+    # The teardown check adds its end of request as a close callback marked
+    # quiet: the envelope outside still sees an inert body, and the body
+    # behind it. A callback not marked quiet makes the response not inert.
+    class Ours:
+        @quiet
+        def end(self) -> None:
+            pass
+
+        def other(self) -> None:
+            pass
+
+    result = app_iter(app, "/text", method)
+    try:
+        assert add_quiet_callback(result, Ours().end)
+        assert inert_response(result)
+        assert werkzeug_body(result) == b"hello"
+        assert add_quiet_callback(result, Ours().other)
+        assert not inert_response(result)
     finally:
         result.close()
 
