@@ -860,27 +860,39 @@ def test_request_info_is_found_in_a_flask_request(pdb_env: int) -> None:
 # -- the client -----------------------------------------------------------------
 
 
-def test_client_non_interactive(pdb_env: int, tmp_path: Path) -> None:
-    """``python -m flask_diag pdb`` with commands on a pipe: no readline."""
+@pytest.mark.parametrize(
+    ("entry_point", "cwd"),
+    [
+        pytest.param(["-m", "flask_diag", "pdb"], None, id="python -m flask_diag"),
+        pytest.param(
+            ["-m", "flask", "--app", "app", "diag", "pdb"],
+            EXAMPLES / "pitfall7_cars",
+            id="flask diag",
+        ),
+    ],
+)
+def test_client_non_interactive(
+    pdb_env: int, tmp_path: Path, entry_point: list[str], cwd: Path | None
+) -> None:
+    """The client for real, in a subprocess, by each entry point, with
+    commands on a pipe (no readline): a whole session."""
     debugged = Debugged(answer_view)
-    history = tmp_path / "history"
     client = subprocess.run(
         [
             sys.executable,
-            "-m",
-            "flask_diag",
-            "pdb",
+            *entry_point,
             str(pdb_env),
             "--once",
             "--wait",
             "10",
             "--history",
-            str(history),
+            str(tmp_path / "history"),
         ],
+        cwd=cwd,
         input="p answer\n!answer = 5\ncontinue\n",
         capture_output=True,
         text=True,
-        timeout=TIMEOUT * 2,
+        timeout=TIMEOUT * 3,
         check=False,
     )
     assert client.returncode == 0, client.stderr
@@ -1018,38 +1030,6 @@ def test_flask_diag_pdb_command(diag_app: Flask) -> None:
     )
     assert result.exit_code == 1, result.output
     assert f"no breakpoint listened on 127.0.0.1:{port}" in result.output
-
-
-def test_flask_diag_pdb_session(pdb_env: int, tmp_path: Path) -> None:
-    """``flask diag pdb`` for real, in a subprocess: a whole session."""
-    debugged = Debugged(answer_view)
-    client = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "flask",
-            "--app",
-            "app",
-            "diag",
-            "pdb",
-            str(pdb_env),
-            "--once",
-            "--wait",
-            "10",
-            "--history",
-            str(tmp_path / "history"),
-        ],
-        cwd=EXAMPLES / "pitfall7_cars",
-        input="!answer = 5\ncontinue\n",
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT * 3,
-        check=False,
-    )
-    assert client.returncode == 0, client.stderr
-    assert "*** flask_diag remote pdb" in client.stdout
-    assert "the session ended" in client.stderr
-    assert debugged.join() == {"answer": 5, "doubled": 10}
 
 
 @pytest.mark.parametrize("port", ["0", "65536"])
