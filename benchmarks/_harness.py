@@ -139,6 +139,18 @@ def header(rounds: int, n: int) -> None:
         f"pid {os.getpid()}, {rounds} rounds of {n} requests, best batch of "
         f"{min(n, BATCH)} kept"
     )
+    print(f"flask_diag: {speedups_in_use()}")
+
+
+def speedups_in_use() -> str:
+    """Which flask_diag modules this run measures compiled (the figures of
+    a pure-Python install differ: ``FLASK_DIAG_SPEEDUPS=off`` measures it)."""
+    import flask_diag.speedups
+
+    compiled = flask_diag.speedups.compiled_modules()
+    if compiled:
+        return f"compiled speedups ({', '.join(compiled)})"
+    return "Python sources only (no compiled speedups)"
 
 
 def ratio_table(

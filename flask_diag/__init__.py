@@ -12,6 +12,11 @@
 
 from __future__ import annotations
 
+# First: FLASK_DIAG_SPEEDUPS=off must be seen before a compiled module loads.
+from .speedups import install_switch as _install_switch
+
+_install_switch()
+
 from .context import RequestInfo as RequestInfo
 from .errors import ErrorEnvelope as ErrorEnvelope
 from .exceptions import DiagConfigError as DiagConfigError

@@ -471,6 +471,17 @@ class Settings:
         "tests and CI); ``off`` removes the check.",
     )
 
+    speedups: bool = _setting(
+        True,
+        _parse_bool,
+        _BOOL_ACCEPTED,
+        "Run the request path's compiled modules, built from their Python "
+        "sources when flask_diag was installed with a C compiler at hand. "
+        "``off`` runs the Python sources instead (to step through flask_diag "
+        "with a debugger, or to rule the compiled code out). Read once, from "
+        "the environment, when flask_diag is first imported.",
+    )
+
     @classmethod
     def load(
         cls,

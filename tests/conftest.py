@@ -8,6 +8,7 @@ module can use them.
 from __future__ import annotations
 
 import os
+import pathlib
 import typing as t
 
 import pytest
@@ -17,7 +18,28 @@ from postgres_server import *  # noqa: F403
 from sentry_endpoint import *  # noqa: F403
 from servers import *  # noqa: F403
 
+import flask_diag.speedups
 from flask_diag import Diag
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse to test compiled modules older than their sources.
+
+    ``pip install -e .`` builds the speedups next to the sources, and Python
+    prefers them: after an edit, the tests would run yesterday's code.
+    """
+    if not flask_diag.speedups.enabled():
+        return  # the Python sources run: nothing compiled is used
+    package = pathlib.Path(flask_diag.__file__).parent
+    for name in flask_diag.speedups.COMPILED_MODULES:
+        source = package / f"{name}.py"
+        for built in [*package.glob(f"{name}.*.so"), *package.glob(f"{name}.*.pyd")]:
+            if built.stat().st_mtime < source.stat().st_mtime:
+                raise pytest.UsageError(
+                    f"{built.name} is older than {source.name}: rebuild the "
+                    "speedups with `pip install -e .` (or test the Python "
+                    "sources with FLASK_DIAG_SPEEDUPS=off)"
+                )
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,169 @@
+"""The compiled speedups: built from the Python sources, switched off by
+``FLASK_DIAG_SPEEDUPS=off``, and a build without a C compiler installs the
+pure-Python package.
+
+``scripts/test.sh`` runs the in-process tests twice: with the compiled
+modules, then once more with ``FLASK_DIAG_SPEEDUPS=off`` on their Python
+sources. Both passes run this file; what it expects follows the pass.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+import flask_diag
+from flask_diag import speedups
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PACKAGE = pathlib.Path(flask_diag.__file__).resolve().parent
+# Read at collection, before the autouse fixture clears FLASK_DIAG_*.
+PURE_PASS = not speedups.enabled()
+
+# A request through the whole stack, printing what the speedups are and the
+# tagging headers: the package must work whichever modules it runs.
+PROBE = """
+import flask_diag, flask_diag.speedups
+from flask_diag import wrap
+from werkzeug.test import Client
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+
+response = Client(wrap(app, environ={})).get("/")
+print(",".join(flask_diag.speedups.compiled_modules()) or "-")
+print(flask_diag.tagging.__file__.rsplit(".", 1)[1])
+print(response.status_code, len(response.headers["X-Request-ID"]))
+print(flask_diag.__file__)
+"""
+
+
+def run_probe(
+    env: dict[str, str], *, path: pathlib.Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run :data:`PROBE` in a new interpreter, importing flask_diag from
+    ``path`` when given (else the one installed for the tests)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("FLASK_DIAG")}
+    if path is not None:
+        base["PYTHONPATH"] = str(path)
+    return subprocess.run(
+        [sys.executable, "-c", PROBE],
+        env={**base, **env},
+        cwd=path or ROOT.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_setup_compiles_the_listed_modules() -> None:
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    listed = next(
+        ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and getattr(node.targets[0], "id", None) == "COMPILED_MODULES"
+    )
+    assert listed == speedups.COMPILED_MODULES
+    for name in listed:
+        assert (PACKAGE / f"{name}.py").is_file()
+
+
+def test_this_pass_runs_what_it_says() -> None:
+    if PURE_PASS:
+        assert speedups.compiled_modules() == ()
+        assert flask_diag.tagging.__file__.endswith("tagging.py")
+    else:
+        # The test command builds them: a build that silently fell back to
+        # Python would measure and test the wrong thing.
+        assert speedups.compiled_modules() == speedups.COMPILED_MODULES, (
+            "the speedups were not compiled: install a C compiler and the "
+            "Python headers, then `pip install -e .` again"
+        )
+
+
+def test_the_switch_imports_the_python_sources() -> None:
+    off = run_probe({"FLASK_DIAG_SPEEDUPS": "off"})
+    assert off.returncode == 0, off.stderr
+    assert off.stdout.split("\n")[:3] == ["-", "py", "200 32"]
+    on = run_probe({})
+    assert on.returncode == 0, on.stderr
+    compiled, suffix, answer = on.stdout.split("\n")[:3]
+    assert answer == "200 32"
+    if not PURE_PASS:
+        assert compiled == ",".join(speedups.COMPILED_MODULES)
+        assert suffix == "so"
+
+
+def test_an_invalid_switch_fails_at_import() -> None:
+    result = run_probe({"FLASK_DIAG_SPEEDUPS": "fast"})
+    assert result.returncode != 0
+    assert "FLASK_DIAG_SPEEDUPS='fast' is not valid" in result.stderr
+    assert "accepted values are on, off" in result.stderr
+
+
+def build_wheel(tmp_path: pathlib.Path, env: dict[str, str]) -> tuple[str, set[str]]:
+    """Build a wheel of a copy of the project; its build log and file names."""
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("setup.py", "pyproject.toml", "MANIFEST.in", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(
+        PACKAGE,
+        source / "flask_diag",
+        ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyd", "*.c"),
+    )
+    out = tmp_path / "wheel"
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
+        + ["--disable-pip-version-check", "-v", "-w", str(out), str(source)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (wheel,) = out.glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(tmp_path / "installed")
+        names = set(archive.namelist())
+    return result.stdout + result.stderr, names
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        # No C compiler: every compile fails and is reported.
+        {"CC": "false", "LDSHARED": "false"},
+        # Skipped on purpose.
+        {"FLASK_DIAG_SPEEDUPS": "off"},
+    ],
+    ids=["no-compiler", "switched-off"],
+)
+def test_a_build_without_speedups_installs_the_python_package(
+    tmp_path: pathlib.Path, env: dict[str, str]
+) -> None:
+    log, names = build_wheel(tmp_path, env)
+    assert not [n for n in names if n.endswith((".so", ".pyd"))]
+    for name in speedups.COMPILED_MODULES:
+        assert f"flask_diag/{name}.py" in names
+    if "CC" in env:
+        for name in speedups.COMPILED_MODULES:
+            assert f"flask_diag.{name} was not compiled" in log
+        assert "installing the pure-Python package" in log
+    result = run_probe({}, path=tmp_path / "installed")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:4] == [
+        "-",
+        "py",
+        "200 32",
+        str(tmp_path / "installed" / "flask_diag" / "__init__.py"),
+    ]
