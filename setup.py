@@ -1,9 +1,10 @@
 """Build flask_diag, with its optional compiled speedups.
 
 The modules every request runs through (``closing``, ``context``,
-``errors``, ``tagging``) are compiled by Cython from their unchanged Python
-sources, as MarkupSafe ships its C speedups: the same code, without the
-interpreter's per-instruction cost. The package is complete without them. A
+``errors``, ``sentry``, ``tagging``) are compiled by Cython from their Python
+sources (and the ``.pxd`` declarations beside some of them), as MarkupSafe
+ships its C speedups: the same code, without the interpreter's cost per
+instruction. The package is complete without them. A
 build that cannot compile them (no C compiler, no Python headers) installs
 the pure-Python package and says so; ``FLASK_DIAG_SPEEDUPS=off`` skips
 them on purpose (the same variable makes an installed flask_diag import its
@@ -25,7 +26,7 @@ from setuptools.command.build_ext import build_ext
 #: ``flask_diag.speedups.COMPILED_MODULES`` (a test keeps the two equal; the
 #: package itself cannot be imported here, its dependencies are not
 #: installed in the build environment).
-COMPILED_MODULES = ("closing", "context", "errors", "tagging")
+COMPILED_MODULES = ("closing", "context", "errors", "sentry", "tagging")
 
 
 _OFF = ("0", "false", "no", "off")

@@ -130,6 +130,7 @@ from .server import forget_headers
 from .settings import Settings
 from .signals import error_enveloped
 from .signals import send_safely
+from .speedups import python_defaults
 
 if t.TYPE_CHECKING:
     from _typeshed import OptExcInfo
@@ -377,11 +378,19 @@ class ErrorEnvelope:
     def __call__(
         self, environ: WSGIEnvironment, start_response: StartResponse
     ) -> t.Iterable[bytes]:
+        return self._serve(environ, start_response)
+
+    def _serve(
+        self, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> t.Iterable[bytes]:
+        # A method of its own, not ``__call__``: compiled, its local
+        # variables are typed by ``errors.pxd``.
         if self._off:
             return self.app(environ, start_response)
         # Filled in here rather than by an ``__init__``: one Python call
-        # fewer on every request.
-        response = _new_response(_GuardedResponse)
+        # fewer on every request. (``__new__`` of the class: compiled, it is
+        # an extension type, which ``object.__new__`` refuses to make.)
+        response = _GuardedResponse.__new__(_GuardedResponse)
         response.owner = self
         response.environ = environ
         response.server_start_response = start_response
@@ -444,9 +453,6 @@ class ErrorEnvelope:
             )
 
 
-_new_response = object.__new__
-
-
 class _GuardedResponse:
     """Per request: the app's ``start_response`` and the response iterable.
 
@@ -458,15 +464,17 @@ class _GuardedResponse:
     body shows whether it is a stock page.
     """
 
-    # Class-level defaults: the rarely used attributes cost nothing.
-    app_iter: t.Iterable[bytes] = ()
+    # The rarely used fields have defaults (below the class), so they cost
+    # nothing on the common request. Compiled, the fields are declared in
+    # ``errors.pxd``.
+    app_iter: t.Iterable[bytes]  # set before the server can iterate
     #: The status forwarded to the server, once it has been.
-    status: str | None = None
-    held: tuple[str, list[tuple[str, str]], OptExcInfo | None] | None = None
-    written: list[bytes] | None = None
+    status: str | None
+    held: tuple[str, list[tuple[str, str]], OptExcInfo | None] | None
+    written: list[bytes] | None
     #: The server's ``write()`` for a status forwarded after being held.
-    server_write: t.Callable[[bytes], object] | None = None
-    sent = False
+    server_write: t.Callable[[bytes], object] | None
+    sent: bool
 
     # Set by ``ErrorEnvelope.__call__``.
     owner: ErrorEnvelope
@@ -681,6 +689,17 @@ class _GuardedResponse:
         except Exception as exc:
             self.owner._report_after_start(self.environ, exc, self.status)
             raise
+
+
+python_defaults(
+    _GuardedResponse,
+    app_iter=None,
+    status=None,
+    held=None,
+    written=None,
+    server_write=None,
+    sent=False,
+)
 
 
 def _propagates(environ: WSGIEnvironment, flask_app: object | None) -> bool:

@@ -1,16 +1,18 @@
 """Which modules run compiled, and the switch that turns them off.
 
 The modules every request runs through are compiled to C by Cython when
-flask_diag is installed with a C compiler at hand, from their unchanged
-Python sources (as MarkupSafe ships its C speedups): the same code, without
-the interpreter's cost per instruction. Without a compiler the install keeps
-the pure-Python package, which behaves the same, only slower.
+flask_diag is installed with a C compiler at hand, from their Python
+sources (as MarkupSafe ships its C speedups): the same code, without the
+interpreter's cost per instruction. A ``.pxd`` file next to a module declares,
+for the compiler only, the fields of its per-request classes, which compiled
+are extension types with their fields in a C struct. Without a compiler the
+install keeps the pure-Python package, which behaves the same, only slower.
 
 Which modules run compiled here::
 
     >>> import flask_diag.speedups
     >>> flask_diag.speedups.compiled_modules()
-    ('closing', 'context', 'errors', 'tagging')
+    ('closing', 'context', 'errors', 'sentry', 'tagging')
 
 ``FLASK_DIAG_SPEEDUPS=off`` in the environment makes a process import the
 Python sources instead, e.g. to step through flask_diag with a debugger (a
@@ -39,12 +41,12 @@ from .settings import Settings
 if t.TYPE_CHECKING:
     from types import ModuleType
 
-__all__ = ["COMPILED_MODULES", "compiled_modules", "enabled"]
+__all__ = ["COMPILED_MODULES", "compiled_modules", "enabled", "python_defaults"]
 
 #: The modules ``setup.py`` compiles: those on every request's path. Not the
 #: ones that find themselves by walking stack frames (``loopback``,
 #: ``teardown``, ``server``): a compiled function makes no Python frame.
-COMPILED_MODULES = ("closing", "context", "errors", "tagging")
+COMPILED_MODULES = ("closing", "context", "errors", "sentry", "tagging")
 
 _PACKAGE = __name__.rpartition(".")[0]
 
@@ -73,6 +75,29 @@ def compiled_modules() -> tuple[str, ...]:
         if module is not None and not origin.endswith(".py"):
             found.append(name)
     return tuple(found)
+
+
+_HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made by a class statement
+
+
+def python_defaults(cls: type, **defaults: object) -> None:
+    """Give ``cls`` class-level defaults when it runs from its Python source.
+
+    A per-request object whose rarely used fields are class attributes costs
+    nothing for them on the common request. Compiled, such a class is an
+    extension type whose fields (declared in its module's ``.pxd``) start as
+    ``None`` and ``False`` by themselves, and a class attribute of the same
+    name would not compile: hence defaults set after the class, here, and
+    only for a class of the Python source::
+
+        class _TaggedResponse(RequestInfo):
+            status: str | None
+
+        python_defaults(_TaggedResponse, status=None)
+    """
+    if cls.__flags__ & _HEAP_TYPE:
+        for name, value in defaults.items():
+            setattr(cls, name, value)
 
 
 class _PythonSources(importlib.abc.MetaPathFinder):

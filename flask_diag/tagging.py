@@ -47,7 +47,7 @@ from contextvars import Token
 from werkzeug.wsgi import ClosingIterator
 
 from . import sentry
-from .closing import EndsAtClose
+from .closing import close_iterable
 from .context import current_pid_str
 from .context import ENVIRON_KEY
 from .context import is_file_wrapper
@@ -61,6 +61,7 @@ from .settings import Settings
 from .signals import request_finished
 from .signals import request_tagged
 from .signals import send_safely
+from .speedups import python_defaults
 
 if t.TYPE_CHECKING:
     from _typeshed import OptExcInfo
@@ -73,6 +74,8 @@ __all__ = ["RequestTagging"]
 _VARS = structlog_vars("request_id", "pid", "thread", "method", "path")
 _REQUEST_ID, _PID, _THREAD, _METHOD, _PATH = _VARS
 (_TRACE_ID,) = structlog_vars("trace_id")
+_perf_counter = time.perf_counter
+_TWO_DIGITS = tuple(f"{n:02d}" for n in range(100))
 
 
 class RequestTagging:
@@ -110,9 +113,15 @@ class RequestTagging:
     def __call__(
         self, environ: WSGIEnvironment, start_response: StartResponse
     ) -> t.Iterable[bytes]:
+        return self._serve(environ, start_response)
+
+    def _serve(
+        self, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> t.Iterable[bytes]:
         # Every line here runs on every request: the response object is the
         # request's RequestInfo too, and nothing optional costs more than
-        # one test when it is off.
+        # one test when it is off. (A method of its own, not ``__call__``:
+        # compiled, its local variables are typed by ``tagging.pxd``.)
         info = environ.get(ENVIRON_KEY)
         if info is None:
             response = new_request_info(
@@ -165,7 +174,8 @@ class RequestTagging:
             response.environ = environ
 
         try:
-            app_iter = self.app(environ, response.start_response)
+            # The response object is the app's ``start_response`` too.
+            app_iter = self.app(environ, response)
         except BaseException:
             response.end()
             raise
@@ -208,7 +218,7 @@ class RequestTagging:
             )
 
 
-class _TaggedResponse(EndsAtClose, RequestInfo):
+class _TaggedResponse(RequestInfo):
     """The app's response iterable; ``close()`` ends the request's context.
 
     It is also the request's :class:`~flask_diag.context.RequestInfo` in
@@ -218,18 +228,18 @@ class _TaggedResponse(EndsAtClose, RequestInfo):
     logged while a body streams keep their request id.
     """
 
-    # Plain attributes with class-level defaults: the rarely used ones cost
-    # nothing on the common request. RequestInfo's constructor fills in the
-    # request's own fields.
+    # The rarely used fields have defaults (below the class), so they cost
+    # nothing on the common request; new_request_info fills in the request's
+    # own fields. Compiled, the fields are declared in ``tagging.pxd``.
     owner: RequestTagging
     server_start_response: StartResponse
-    environ: WSGIEnvironment | None = None
-    status: str | None = None
-    app_iter: t.Iterable[bytes] = ()
-    tokens: tuple[Token[t.Any], ...] = ()
-    trace_token: Token[t.Any] | None = None
-    sentry_scope: AbstractContextManager[t.Any] | None = None
-    ended = False
+    environ: WSGIEnvironment | None
+    status: str | None
+    app_iter: t.Iterable[bytes]  # set before the server can iterate
+    tokens: tuple[Token[t.Any], ...] | None
+    trace_token: Token[t.Any] | None
+    sentry_scope: AbstractContextManager[t.Any] | None
+    ended: bool
 
     @classmethod
     def copy_of(cls, info: RequestInfo) -> _TaggedResponse:
@@ -243,12 +253,14 @@ class _TaggedResponse(EndsAtClose, RequestInfo):
             info.started,
         )
 
-    def start_response(
+    def __call__(
         self,
         status: str,
         headers: list[tuple[str, str]],
         exc_info: OptExcInfo | None = None,
     ) -> t.Callable[[bytes], object]:
+        """The app's ``start_response``: adds the headers, then calls the
+        server's."""
         owner = self.owner
         lower = owner._lower_name
         for name, _ in headers:
@@ -261,8 +273,15 @@ class _TaggedResponse(EndsAtClose, RequestInfo):
             headers.append(("X-Diag-PID", current_pid_str()))
             headers.append(("X-Diag-Thread", self.thread))
         if owner._server_timing:
-            elapsed = (time.perf_counter() - self.started) * 1000.0
-            headers.append(("Server-Timing", f"app;dur={elapsed:.2f}"))
+            # Milliseconds with two decimals, from whole hundredths: cheaper
+            # than formatting a float.
+            hundredths = int((_perf_counter() - self.started) * 100000.0 + 0.5)
+            headers.append(
+                (
+                    "Server-Timing",
+                    f"app;dur={hundredths // 100}.{_TWO_DIGITS[hundredths % 100]}",
+                )
+            )
         if exc_info is not None:
             # A status replacing one given earlier (the error envelope's
             # answer to a body that failed before its first chunk).
@@ -273,6 +292,19 @@ class _TaggedResponse(EndsAtClose, RequestInfo):
 
     def __iter__(self) -> t.Iterator[bytes]:
         return iter(self.app_iter)
+
+    def close(self) -> None:
+        """Close the app's iterable, then end the request however that went.
+
+        (What :class:`~flask_diag.closing.EndsAtClose` does, written here so
+        that the compiled class runs it as a typed method of its own.)
+        """
+        if self.ended:
+            return
+        try:
+            close_iterable(self.app_iter)
+        finally:
+            self.end()
 
     def end(self) -> None:
         """Report the finished request and restore the context; runs once."""
@@ -304,3 +336,15 @@ class _TaggedResponse(EndsAtClose, RequestInfo):
             # close() came from another thread or context than the request:
             # the request's own context is gone with it; nothing to restore.
             pass
+
+
+python_defaults(
+    _TaggedResponse,
+    environ=None,
+    status=None,
+    app_iter=None,
+    tokens=None,
+    trace_token=None,
+    sentry_scope=None,
+    ended=False,
+)

@@ -32,11 +32,12 @@ def pytest_configure(config: pytest.Config) -> None:
         return  # the Python sources run: nothing compiled is used
     package = pathlib.Path(flask_diag.__file__).parent
     for name in flask_diag.speedups.COMPILED_MODULES:
-        source = package / f"{name}.py"
+        sources = [package / f"{name}.py", package / f"{name}.pxd"]
+        newest = max(p.stat().st_mtime for p in sources if p.exists())
         for built in [*package.glob(f"{name}.*.so"), *package.glob(f"{name}.*.pyd")]:
-            if built.stat().st_mtime < source.stat().st_mtime:
+            if built.stat().st_mtime < newest:
                 raise pytest.UsageError(
-                    f"{built.name} is older than {source.name}: rebuild the "
+                    f"{built.name} is older than its source: rebuild the "
                     "speedups with `pip install -e .` (or test the Python "
                     "sources with FLASK_DIAG_SPEEDUPS=off)"
                 )

@@ -1,0 +1,24 @@
+# Compiled only (see setup.py and flask_diag/speedups.py): declarations that
+# make RequestInfo an extension type with its fields in a C struct. The Python
+# source, context.py, stays the one implementation; its __slots__ are these.
+cimport cython
+
+
+cdef class RequestInfo:
+    cdef public object request_id
+    cdef public object trace_id
+    cdef public object pid
+    cdef public object thread
+    cdef public object method
+    cdef public object path
+    cdef public object started
+
+
+cpdef thread_name()
+
+
+cpdef current_pid_str()
+
+
+@cython.locals(info=RequestInfo)
+cpdef new_request_info(environ, header_key, trust_incoming, factory)

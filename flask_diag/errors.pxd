@@ -1,0 +1,27 @@
+# Compiled only (see setup.py and flask_diag/speedups.py): declarations that
+# make the envelope and its per-request object extension types, their hot
+# fields in C structs. The Python source, errors.py, stays the one
+# implementation.
+cimport cython
+
+
+cdef class ErrorEnvelope:
+    # The other attributes (and functools.cached_property) live here.
+    cdef dict __dict__
+    cdef public object app
+    cdef public bint _off
+
+    @cython.locals(response=_GuardedResponse)
+    cpdef _serve(self, environ, start_response)
+
+
+cdef class _GuardedResponse:
+    cdef public ErrorEnvelope owner
+    cdef public object environ
+    cdef public object server_start_response
+    cdef public object app_iter
+    cdef public object status
+    cdef public object held
+    cdef public object written
+    cdef public object server_write
+    cdef public bint sent

@@ -1,0 +1,46 @@
+# Compiled only (see setup.py and flask_diag/speedups.py): declarations that
+# make the middleware and its per-request object extension types, their
+# fields in C structs. The Python source, tagging.py, stays the one
+# implementation.
+cimport cython
+
+from flask_diag.context cimport current_pid_str
+from flask_diag.context cimport new_request_info
+from flask_diag.context cimport RequestInfo
+
+# The context variables, read on every request: C globals, not module
+# dictionary lookups.
+cdef object _REQUEST_ID, _PID, _THREAD, _METHOD, _PATH, _TRACE_ID, _perf_counter
+cdef tuple _TWO_DIGITS
+
+
+cdef class RequestTagging:
+    cdef public object app
+    cdef public object settings
+    cdef public object _header_name
+    cdef public object _header_key
+    cdef public object _lower_name
+    cdef public bint _worker_headers
+    cdef public bint _server_timing
+    cdef public bint _trust
+    cdef public bint _access_log
+
+    @cython.locals(response=_TaggedResponse)
+    cpdef _serve(self, environ, start_response)
+
+
+cdef class _TaggedResponse(RequestInfo):
+    cdef public RequestTagging owner
+    cdef public object server_start_response
+    cdef public object environ
+    cdef public object status
+    cdef public object app_iter
+    cdef public object tokens
+    cdef public object trace_token
+    cdef public object sentry_scope
+    cdef public bint ended
+
+    @cython.locals(owner=RequestTagging)
+    cpdef end(self)
+
+    cpdef close(self)
