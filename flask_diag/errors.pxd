@@ -6,8 +6,10 @@ cimport cython
 
 
 cdef class ErrorEnvelope:
-    # The other attributes (and functools.cached_property) live here.
+    # The other attributes (and functools.cached_property) live here; weak
+    # references work as for a class of the Python source.
     cdef dict __dict__
+    cdef object __weakref__
     cdef public object app
     cdef public bint _off
 

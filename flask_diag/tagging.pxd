@@ -15,6 +15,10 @@ cdef tuple _TWO_DIGITS
 
 
 cdef class RequestTagging:
+    # As a class of the Python source: attributes of one's own, weak
+    # references (made once per app, never per request).
+    cdef dict __dict__
+    cdef object __weakref__
     cdef public object app
     cdef public object settings
     cdef public object _header_name

@@ -15,9 +15,12 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import typing as t
+import weakref
 import zipfile
 
 import pytest
+from werkzeug.test import Client
 
 import flask_diag
 from flask_diag import speedups
@@ -167,3 +170,23 @@ def test_a_build_without_speedups_installs_the_python_package(
         "200 32",
         str(tmp_path / "installed" / "flask_diag" / "__init__.py"),
     ]
+
+
+@pytest.mark.parametrize("middleware", ["RequestTagging", "ErrorEnvelope"])
+def test_a_compiled_middleware_is_still_an_ordinary_object(middleware: str) -> None:
+    """What a class of the Python source allows, the compiled one allows:
+    attributes of the user's own, weak references, subclasses."""
+
+    def app(environ: dict[str, object], start_response: t.Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    cls = getattr(flask_diag, middleware)
+    instance = cls(app)
+    instance.note = "mine"  # type: ignore[attr-defined]
+    assert instance.note == "mine"  # type: ignore[attr-defined]
+    assert weakref.ref(instance)() is instance
+    subclass = type("Mine", (cls,), {"extra": True})
+    assert subclass(app).extra is True
+    response = Client(instance).get("/")
+    assert response.status_code == 200
