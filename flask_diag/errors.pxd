@@ -14,7 +14,7 @@ cdef class ErrorEnvelope:
     cdef public bint _off
 
     @cython.locals(response=_GuardedResponse)
-    cpdef _serve(self, environ, start_response)
+    cdef _serve(self, environ, start_response)
 
 
 cdef class _GuardedResponse:

@@ -30,7 +30,7 @@ cdef class RequestTagging:
     cdef public bint _access_log
 
     @cython.locals(response=_TaggedResponse)
-    cpdef _serve(self, environ, start_response)
+    cdef _serve(self, environ, start_response)
 
 
 cdef class _TaggedResponse(RequestInfo):
