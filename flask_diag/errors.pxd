@@ -18,6 +18,9 @@ cdef class ErrorEnvelope:
 
 
 cdef class _GuardedResponse:
+    # As a class of the Python source (it is the app's start_response).
+    cdef dict __dict__
+    cdef object __weakref__
     cdef public ErrorEnvelope owner
     cdef public object environ
     cdef public object server_start_response

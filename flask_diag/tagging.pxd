@@ -34,6 +34,12 @@ cdef class RequestTagging:
 
 
 cdef class _TaggedResponse(RequestInfo):
+    # As a class of the Python source: it is environ["flask_diag.request"],
+    # where an app may keep attributes of its own or a weak reference. (No
+    # cpdef method below: with a __dict__, each call would look for an
+    # override.)
+    cdef dict __dict__
+    cdef object __weakref__
     cdef public RequestTagging owner
     cdef public object server_start_response
     cdef public object environ
@@ -45,6 +51,4 @@ cdef class _TaggedResponse(RequestInfo):
     cdef public bint ended
 
     @cython.locals(owner=RequestTagging)
-    cpdef end(self)
-
-    cpdef close(self)
+    cdef end(self)

@@ -276,6 +276,8 @@ class _TaggedResponse(RequestInfo):
             # Milliseconds with two decimals, from whole hundredths: cheaper
             # than formatting a float.
             hundredths = int((_perf_counter() - self.started) * 100000.0 + 0.5)
+            if hundredths < 0:  # a start time from another clock
+                hundredths = 0
             headers.append(
                 (
                     "Server-Timing",

@@ -12,18 +12,20 @@ from __future__ import annotations
 import ast
 import os
 import pathlib
+import pickle
 import shutil
 import subprocess
 import sys
 import typing as t
 import weakref
-import zipfile
 
 import pytest
 from werkzeug.test import Client
 
 import flask_diag
 from flask_diag import speedups
+from flask_diag.context import ENVIRON_KEY
+from flask_diag.context import RequestInfo
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = pathlib.Path(flask_diag.__file__).resolve().parent
@@ -113,8 +115,14 @@ def test_an_invalid_switch_fails_at_import() -> None:
     assert "accepted values are on, off" in result.stderr
 
 
-def build_wheel(tmp_path: pathlib.Path, env: dict[str, str]) -> tuple[str, set[str]]:
-    """Build a wheel of a copy of the project; its build log and file names."""
+def build_wheel(
+    tmp_path: pathlib.Path,
+    env: dict[str, str],
+    change: t.Callable[[pathlib.Path], None] | None = None,
+) -> tuple[str, set[str]]:
+    """Build a wheel of a copy of the project (``change`` may alter the
+    copy first) and install it in ``tmp_path / "installed"``; the build log
+    and the installed files."""
     source = tmp_path / "src"
     source.mkdir()
     for name in ("setup.py", "pyproject.toml", "MANIFEST.in", "README.md"):
@@ -124,6 +132,8 @@ def build_wheel(tmp_path: pathlib.Path, env: dict[str, str]) -> tuple[str, set[s
         source / "flask_diag",
         ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyd", "*.c"),
     )
+    if change is not None:
+        change(source)
     out = tmp_path / "wheel"
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
@@ -135,32 +145,77 @@ def build_wheel(tmp_path: pathlib.Path, env: dict[str, str]) -> tuple[str, set[s
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (wheel,) = out.glob("*.whl")
-    with zipfile.ZipFile(wheel) as archive:
-        archive.extractall(tmp_path / "installed")
-        names = set(archive.namelist())
+    installed = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index"]
+        + ["--disable-pip-version-check", "--target", str(tmp_path / "installed")]
+        + [str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    names = {
+        str(path.relative_to(tmp_path / "installed"))
+        for path in (tmp_path / "installed").rglob("*")
+        if path.is_file()
+    }
     return result.stdout + result.stderr, names
 
 
+def fail_compiling_context(source: pathlib.Path) -> dict[str, str]:
+    """A C compiler that fails on one module only (``context``, which the
+    others use at the C level)."""
+    compiler = source.parent / "cc"
+    compiler.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in *context.c*) echo "cc: refused" >&2; exit 1;; esac\n'
+        f'exec {shutil.which("gcc") or "cc"} "$@"\n'
+    )
+    compiler.chmod(0o755)
+    return {"CC": str(compiler)}
+
+
+def break_a_declaration(source: pathlib.Path) -> None:
+    """A ``.pxd`` that Cython refuses (as a future Cython might)."""
+    pxd = source / "flask_diag" / "tagging.pxd"
+    pxd.write_text(pxd.read_text() + "\ncdef int not valid\n")
+
+
 @pytest.mark.parametrize(
-    "env",
-    [
-        # No C compiler: every compile fails and is reported.
-        {"CC": "false", "LDSHARED": "false"},
-        # Skipped on purpose.
-        {"FLASK_DIAG_SPEEDUPS": "off"},
-    ],
-    ids=["no-compiler", "switched-off"],
+    "case",
+    ["no-compiler", "switched-off", "one-module-fails", "cython-refuses"],
 )
 def test_a_build_without_speedups_installs_the_python_package(
-    tmp_path: pathlib.Path, env: dict[str, str]
+    tmp_path: pathlib.Path, case: str
 ) -> None:
-    log, names = build_wheel(tmp_path, env)
+    change = None
+    if case == "no-compiler":
+        # Every compile fails and is reported.
+        env = {"CC": "false", "LDSHARED": "false"}
+    elif case == "switched-off":
+        env = {"FLASK_DIAG_SPEEDUPS": "off"}
+    elif case == "one-module-fails":
+        # The modules share C-level declarations: all of them or none.
+        env = fail_compiling_context(tmp_path)
+    else:
+        env = {}
+        change = break_a_declaration
+    log, names = build_wheel(tmp_path, env, change)
     assert not [n for n in names if n.endswith((".so", ".pyd"))]
     for name in speedups.COMPILED_MODULES:
         assert f"flask_diag/{name}.py" in names
-    if "CC" in env:
+    assert "flask_diag/doctor/__init__.py" in names
+    assert "flask_diag/py.typed" in names
+    if case == "no-compiler":
         for name in speedups.COMPILED_MODULES:
             assert f"flask_diag.{name} was not compiled" in log
+    if case == "one-module-fails":
+        assert "flask_diag.context was not compiled" in log
+        assert "flask_diag.tagging was not compiled" not in log
+        assert "all speedups left out" in log
+    if case == "cython-refuses":
+        assert "the speedups were not translated to C" in log
+    if case != "switched-off":
         assert "installing the pure-Python package" in log
     result = run_probe({}, path=tmp_path / "installed")
     assert result.returncode == 0, result.stderr
@@ -190,3 +245,46 @@ def test_a_compiled_middleware_is_still_an_ordinary_object(middleware: str) -> N
     assert subclass(app).extra is True
     response = Client(instance).get("/")
     assert response.status_code == 200
+
+
+def test_the_request_object_is_an_ordinary_object() -> None:
+    """``environ["flask_diag.request"]`` takes attributes of the app's own and
+    weak references, compiled or not, and pickles the same either way."""
+    seen: dict[str, object] = {}
+
+    def app(environ: dict[str, t.Any], start_response: t.Any) -> list[bytes]:
+        info = environ[ENVIRON_KEY]
+        info.tenant = "acme"
+        seen["tenant"] = info.tenant
+        seen["ref"] = weakref.ref(info)() is info
+        seen["pickled"] = pickle.loads(pickle.dumps(info))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    response = Client(flask_diag.RequestTagging(app)).get("/")
+    assert response.status_code == 200
+    assert seen["tenant"] == "acme"
+    assert seen["ref"] is True
+    copy = seen["pickled"]
+    assert isinstance(copy, RequestInfo)
+    assert copy.request_id == response.headers["X-Request-ID"]
+
+
+def test_a_pickle_crosses_between_compiled_and_python() -> None:
+    made = subprocess.run(
+        [sys.executable, "-c", PICKLE_INFO],
+        env={**os.environ, "FLASK_DIAG_SPEEDUPS": "off"},
+        capture_output=True,
+        timeout=60,
+    )
+    assert made.returncode == 0, made.stderr
+    info = pickle.loads(made.stdout)
+    assert (info.request_id, info.path, info.started) == ("abc", "/x", 1.5)
+
+
+PICKLE_INFO = """
+import pickle, sys
+from flask_diag.context import RequestInfo
+info = RequestInfo("abc", None, 1, "MainThread", "GET", "/x", 1.5)
+sys.stdout.buffer.write(pickle.dumps(info))
+"""
