@@ -14,6 +14,11 @@ cdef class RequestInfo:
     cdef public object started
 
 
+# Read on every request: C globals (dictionary lookups without a method call).
+cdef dict _safe_names, _active_threads
+cdef object _get_ident
+
+
 cpdef thread_name()
 
 

@@ -126,7 +126,8 @@ _safe_names: dict[str, str] = {}
 
 # ``threading.current_thread().name`` is three Python calls; the registry
 # behind it is one dictionary lookup (private, hence the fallback).
-_active_threads: dict[int, threading.Thread] = getattr(threading, "_active", {})
+_active = getattr(threading, "_active", None)
+_active_threads: dict[int, threading.Thread] = _active if type(_active) is dict else {}
 _get_ident = threading.get_ident
 
 
