@@ -19,6 +19,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import typing as t
 from collections.abc import Iterator
@@ -324,14 +325,19 @@ _terminals = itertools.count()
 
 
 class Terminal:
-    """A tmux session of its own tmux server (``-L``), 200x50."""
+    """A tmux session of its own tmux server, 200x50.
+
+    The server's socket is in the temporary directory of the run (``-S``;
+    ``-L`` would put it under ``/tmp/tmux-UID``, where tmux leaves it behind),
+    and removed at the end."""
 
     def __init__(self) -> None:
         self.name = f"flask-diag-pdb-{os.getpid()}-{next(_terminals)}"
+        self.socket = Path(tempfile.gettempdir()) / f"{self.name}.tmux"
 
     def tmux(self, *args: str, check: bool = True) -> str:
         result = subprocess.run(
-            ["tmux", "-L", self.name, *args],
+            ["tmux", "-S", str(self.socket), *args],
             capture_output=True,
             text=True,
             timeout=10,
@@ -377,6 +383,7 @@ class Terminal:
     def close(self) -> None:
         self.tmux("kill-session", "-t", self.name, check=False)
         self.tmux("kill-server", check=False)
+        self.socket.unlink(missing_ok=True)
 
 
 @pytest.fixture
