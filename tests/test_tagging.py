@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 import typing as t
 
 import pytest
@@ -507,3 +508,31 @@ def test_a_trace_id_left_by_an_unclosed_response_is_not_the_next_requests() -> N
     thread.join(10)
     assert seen[0]["trace_id"] == "0af7651916cd43dd8448eb211c80319c"
     assert "trace_id" not in seen[1]
+
+
+def test_server_timing_is_never_negative_nor_rounded_wrong() -> None:
+    """A request another middleware saw first keeps that middleware's start
+    time; one from another clock (later than now) shows 0, never a negative
+    duration. Durations are rounded to hundredths of a millisecond."""
+    from flask_diag.context import ENVIRON_KEY
+    from flask_diag.context import RequestInfo
+
+    def app(environ: dict[str, t.Any], start_response: t.Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    def with_start(started: float) -> t.Any:
+        def outer(environ: dict[str, t.Any], start_response: t.Any) -> t.Any:
+            environ[ENVIRON_KEY] = RequestInfo(
+                "r-1", None, os.getpid(), "t", "GET", "/", started
+            )
+            return RequestTagging(app)(environ, start_response)
+
+        return outer
+
+    future = Client(with_start(time.perf_counter() + 60)).get("/")
+    assert future.headers["Server-Timing"] == "app;dur=0.00"
+    past = Client(with_start(time.perf_counter() - 1.23456)).get("/")
+    value = float(past.headers["Server-Timing"].removeprefix("app;dur="))
+    assert re.fullmatch(r"app;dur=\d+\.\d\d", past.headers["Server-Timing"])
+    assert 1234.5 <= value < 1300
