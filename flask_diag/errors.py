@@ -511,8 +511,9 @@ class _GuardedResponse:
         out)."""
         if exc_info is not None and self.status is not None:
             forget_headers(self.server_start_response)
-        self.status = status
-        return self.server_start_response(status, headers, exc_info)
+        write = self.server_start_response(status, headers, exc_info)
+        self.status = status  # what the server took (it may re-raise)
+        return write
 
     def _start_error(
         self,
@@ -660,6 +661,12 @@ class _GuardedResponse:
             else None
         )
         self.held = None
+        if exc_info is not None and not self._status_replaceable(exc_info):
+            # The app sent its headers already (``write()``): too late for
+            # another status. Reported as the failure it is, not as the 500
+            # the client would never get.
+            owner._report_after_start(environ, exc, self.status)
+            raise exc
         if isinstance(exc, HTTPException) and _answers_itself(exc):
             # A werkzeug redirect or ``abort(response)`` raised by a plain
             # werkzeug app: its own response, as the app meant.
@@ -682,6 +689,16 @@ class _GuardedResponse:
         if environ.get("REQUEST_METHOD") == "HEAD":
             return []
         return [body]
+
+    def _status_replaceable(self, exc_info: OptExcInfo) -> bool:
+        """Whether the server still takes another status: asked with a
+        provisional one, which the answer's own replaces. A server re-raises
+        the exception of ``exc_info`` once the headers are out (PEP 3333)."""
+        try:
+            self.restart("500 Internal Server Error", [], exc_info)
+        except Exception:
+            return False
+        return True
 
     def close(self) -> None:
         try:

@@ -133,6 +133,14 @@ def test_pitfall5_head_gets_headers_and_no_body(gunicorn_server: t.Any) -> None:
             ("/", "ready"),
             id="plain-wsgi",
         ),
+        pytest.param(
+            "errors_apps:plain_app",
+            APPS,
+            "/write-then-fail",
+            b"id,name\n",
+            ("/", "ready"),
+            id="plain-wsgi-write",
+        ),
     ],
 )
 def test_stream_failure_closes_the_connection(
@@ -155,6 +163,14 @@ def test_stream_failure_closes_the_connection(
     (line,) = log_lines(server, "response failed after it started", request_id)
     assert line["status"] == 200
     assert "the database went away" in str(line["exception"])
+    # Not also reported as an error answered with a 500 the client never got
+    # (the after-start line is written after it would have been).
+    assert not [
+        line
+        for line in server.json_lines()
+        if line.get("event") == "request failed"
+        and line.get("request_id") == request_id
+    ]
     # The worker goes on serving.
     next_path, answer = after
     response = requests.get(server.url + next_path, timeout=TIMEOUT)

@@ -122,6 +122,17 @@ def _plain(environ: WSGIEnvironment, start_response: StartResponse) -> t.Any:
 
         start_response("200 OK", [("Content-Type", "text/csv")])
         return rows()
+    if path == "/write-then-fail":
+        # The legacy write(): the server sends the headers with it, before
+        # the body's iterable fails.
+
+        def rest() -> Iterator[bytes]:
+            raise RuntimeError("the database went away after write()")
+            yield b""  # pragma: no cover - a generator
+
+        write = start_response("200 OK", [("Content-Type", "text/csv")])
+        write(b"id,name\n")
+        return rest()
     raise NotFound()
 
 
