@@ -45,11 +45,12 @@ class OptionalBuildExt(build_ext):
     compiler error does.
     """
 
-    failed: list[str]
+    #: Whether an extension failed to build: then none is kept.
+    failed: bool
 
     def finalize_options(self) -> None:
         # Before setuptools' own: it prepares the extensions it is given.
-        self.failed = []
+        self.failed = False
         modules = self.distribution.ext_modules or []
         if modules:
             try:
@@ -84,7 +85,7 @@ class OptionalBuildExt(build_ext):
             super().run()
         except Exception as exc:  # no compiler at all
             _warn(f"the speedups were not compiled ({exc})")
-            self.failed.append("*")
+            self.failed = True
         if self.failed:
             self._remove_outputs()
 
@@ -93,7 +94,7 @@ class OptionalBuildExt(build_ext):
             super().build_extension(ext)
         except Exception as exc:
             _warn(f"{ext.name} was not compiled ({exc})")
-            self.failed.append(ext.name)
+            self.failed = True
 
     def _remove_outputs(self) -> None:
         """One module compiled without the others would not import (they

@@ -22,6 +22,9 @@ cdef object _get_ident
 cpdef thread_name()
 
 
+cpdef new_request_id()
+
+
 cpdef current_pid_str()
 
 
