@@ -1,7 +1,6 @@
 # Compiled only (see setup.py and flask_diag/speedups.py): declarations that
 # make RequestInfo an extension type with its fields in a C struct. The Python
 # source, context.py, stays the one implementation; its __slots__ are these.
-cimport cython
 
 
 cdef class RequestInfo:
@@ -17,6 +16,7 @@ cdef class RequestInfo:
 # Read on every request: C globals (dictionary lookups without a method call).
 cdef dict _safe_names, _active_threads
 cdef object _get_ident
+cdef object _id_batch
 
 
 cpdef thread_name()
@@ -28,5 +28,4 @@ cpdef new_request_id()
 cpdef current_pid_str()
 
 
-@cython.locals(info=RequestInfo)
-cpdef new_request_info(environ, header_key, trust_incoming, factory)
+cpdef init_request_info(RequestInfo info, environ, header_key, trust_incoming)

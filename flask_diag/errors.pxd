@@ -4,6 +4,9 @@
 # implementation.
 cimport cython
 
+from flask_diag.closing cimport close_iterable
+from flask_diag.closing cimport inert_response
+
 
 cdef class ErrorEnvelope:
     # The other attributes (and functools.cached_property) live here; weak

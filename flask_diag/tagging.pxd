@@ -4,13 +4,16 @@
 # implementation.
 cimport cython
 
+from flask_diag.closing cimport close_iterable
 from flask_diag.context cimport current_pid_str
-from flask_diag.context cimport new_request_info
+from flask_diag.context cimport init_request_info
 from flask_diag.context cimport RequestInfo
+from flask_diag.sentry cimport is_active as sentry_is_active
 
 # The context variables, read on every request: C globals, not module
 # dictionary lookups.
 cdef object _REQUEST_ID, _PID, _THREAD, _METHOD, _PATH, _TRACE_ID, _perf_counter
+cdef object _set_var, _reset_var, _get_var
 cdef tuple _TWO_DIGITS
 
 
@@ -24,6 +27,7 @@ cdef class RequestTagging:
     cdef public object _header_name
     cdef public object _header_key
     cdef public object _lower_name
+    cdef public set _other_names
     cdef public bint _worker_headers
     cdef public bint _server_timing
     cdef public bint _trust
@@ -45,7 +49,11 @@ cdef class _TaggedResponse(RequestInfo):
     cdef public object environ
     cdef public object status
     cdef public object app_iter
-    cdef public object tokens
+    cdef public object request_id_token
+    cdef public object pid_token
+    cdef public object thread_token
+    cdef public object method_token
+    cdef public object path_token
     cdef public object trace_token
     cdef public object sentry_scope
     cdef public bint ended

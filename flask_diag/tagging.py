@@ -42,6 +42,7 @@ from __future__ import annotations
 import time
 import typing as t
 from contextlib import AbstractContextManager
+from contextvars import ContextVar
 from contextvars import Token
 
 from werkzeug.wsgi import ClosingIterator
@@ -50,12 +51,13 @@ from . import sentry
 from .closing import close_iterable
 from .context import current_pid_str
 from .context import ENVIRON_KEY
+from .context import init_request_info
 from .context import is_file_wrapper
-from .context import new_request_info
 from .context import RequestInfo
 from .internal import logger
 from .internal import report_internal_error
 from .logging import structlog_vars
+from .sentry import is_active as sentry_is_active
 from .server import forget_headers
 from .settings import Settings
 from .signals import request_finished
@@ -74,6 +76,11 @@ __all__ = ["RequestTagging"]
 _VARS = structlog_vars("request_id", "pid", "thread", "method", "path")
 _REQUEST_ID, _PID, _THREAD, _METHOD, _PATH = _VARS
 (_TRACE_ID,) = structlog_vars("trace_id")
+# The methods themselves, called with the variable: compiled, a call of a C
+# global, without looking the method up on the variable's type each time.
+_set_var = ContextVar.set
+_reset_var = ContextVar.reset
+_get_var = ContextVar.get
 _perf_counter = time.perf_counter
 _TWO_DIGITS = tuple(f"{n:02d}" for n in range(100))
 
@@ -105,6 +112,10 @@ class RequestTagging:
         self._header_name = name
         self._header_key = settings.request_id_environ_key
         self._lower_name = name.lower()
+        # Response header names seen not to be the id header: most responses
+        # repeat a few (Content-Type, Content-Length), and a set lookup costs
+        # less than lowercasing each name on every request.
+        self._other_names: set[str] = set()
         self._worker_headers = settings.worker_headers
         self._server_timing = settings.server_timing
         self._trust = settings.trust_request_id
@@ -124,8 +135,11 @@ class RequestTagging:
         # compiled, its local variables are typed by ``tagging.pxd``.)
         info = environ.get(ENVIRON_KEY)
         if info is None:
-            response = new_request_info(
-                environ, self._header_key, self._trust, _TaggedResponse
+            response = init_request_info(
+                _TaggedResponse.__new__(_TaggedResponse),
+                environ,
+                self._header_key,
+                self._trust,
             )
         elif type(info) is _TaggedResponse:
             # Wrapped twice (``Diag(app)`` and ``wrap(app)``): the outer one
@@ -139,20 +153,19 @@ class RequestTagging:
         # signal receiver are guarded on their own, so one failing step never
         # keeps the others (``request_finished`` always has its
         # ``request_tagged``).
-        response.tokens = (
-            _REQUEST_ID.set(response.request_id),
-            _PID.set(response.pid),
-            _THREAD.set(response.thread),
-            _METHOD.set(response.method),
-            _PATH.set(response.path),
-        )
+        # (Five fields, not a tuple: one allocation fewer per request.)
+        response.request_id_token = _set_var(_REQUEST_ID, response.request_id)
+        response.pid_token = _set_var(_PID, response.pid)
+        response.thread_token = _set_var(_THREAD, response.thread)
+        response.method_token = _set_var(_METHOD, response.method)
+        response.path_token = _set_var(_PATH, response.path)
         if response.trace_id is not None:
-            response.trace_token = _TRACE_ID.set(response.trace_id)
-        elif _TRACE_ID.get() is not Ellipsis:
+            response.trace_token = _set_var(_TRACE_ID, response.trace_id)
+        elif _get_var(_TRACE_ID) is not Ellipsis:
             # A trace id left by a request whose response was never closed
             # (a server that breaks PEP 3333): not this request's.
-            response.trace_token = _TRACE_ID.set(Ellipsis)
-        if sentry.is_active():
+            response.trace_token = _set_var(_TRACE_ID, Ellipsis)
+        if sentry_is_active():
             try:
                 response.sentry_scope = sentry.enter_request_scope(response)
             except Exception as exc:
@@ -236,7 +249,11 @@ class _TaggedResponse(RequestInfo):
     environ: WSGIEnvironment | None
     status: str | None
     app_iter: t.Iterable[bytes]  # set before the server can iterate
-    tokens: tuple[Token[t.Any], ...] | None
+    request_id_token: Token[t.Any] | None
+    pid_token: Token[t.Any] | None
+    thread_token: Token[t.Any] | None
+    method_token: Token[t.Any] | None
+    path_token: Token[t.Any] | None
     trace_token: Token[t.Any] | None
     sentry_scope: AbstractContextManager[t.Any] | None
     ended: bool
@@ -263,11 +280,16 @@ class _TaggedResponse(RequestInfo):
         server's."""
         owner = self.owner
         lower = owner._lower_name
+        other_names = owner._other_names
         for name, _ in headers:
+            if name in other_names:
+                continue
             if name.lower() == lower:
                 # The app set its own id header: ours must be the only one.
                 headers = [h for h in headers if h[0].lower() != lower]
                 break
+            if len(other_names) < 256:  # bounded: names are the app's choice
+                other_names.add(name)
         headers = [*headers, (owner._header_name, self.request_id)]
         if owner._worker_headers:
             headers.append(("X-Diag-PID", current_pid_str()))
@@ -326,14 +348,18 @@ class _TaggedResponse(RequestInfo):
                 report_internal_error("leaving the Sentry scope", exc)
         try:
             if self.trace_token is not None:
-                _TRACE_ID.reset(self.trace_token)
-            if self.tokens:
-                request_id, pid, thread, method, path = self.tokens
-                _REQUEST_ID.reset(request_id)
-                _PID.reset(pid)
-                _THREAD.reset(thread)
-                _METHOD.reset(method)
-                _PATH.reset(path)
+                _reset_var(_TRACE_ID, self.trace_token)
+            # (All five are set together; each test is a pointer comparison.)
+            if self.request_id_token is not None:
+                _reset_var(_REQUEST_ID, self.request_id_token)
+            if self.pid_token is not None:
+                _reset_var(_PID, self.pid_token)
+            if self.thread_token is not None:
+                _reset_var(_THREAD, self.thread_token)
+            if self.method_token is not None:
+                _reset_var(_METHOD, self.method_token)
+            if self.path_token is not None:
+                _reset_var(_PATH, self.path_token)
         except ValueError:
             # close() came from another thread or context than the request:
             # the request's own context is gone with it; nothing to restore.
@@ -345,7 +371,11 @@ python_defaults(
     environ=None,
     status=None,
     app_iter=None,
-    tokens=None,
+    request_id_token=None,
+    pid_token=None,
+    thread_token=None,
+    method_token=None,
+    path_token=None,
     trace_token=None,
     sentry_scope=None,
     ended=False,

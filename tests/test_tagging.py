@@ -133,6 +133,45 @@ def test_new_request_ids_change_after_fork_prefix() -> None:
     assert a != b and a[:16] == b[:16] and HEX32.fullmatch(a)
 
 
+def test_request_ids_stay_unique_across_batches_and_threads() -> None:
+    # Ids are made 256 at a time: threads that empty a batch together each
+    # make a new one, and no id is handed out twice.
+    results: list[list[str]] = []
+    barrier = threading.Barrier(8)
+
+    def take() -> None:
+        barrier.wait(timeout=10)
+        results.append([new_request_id() for _ in range(3000)])
+
+    threads = [threading.Thread(target=take) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not any(thread.is_alive() for thread in threads)
+    ids = [request_id for batch in results for request_id in batch]
+    assert len(ids) == 24000
+    assert len(set(ids)) == len(ids)
+    assert all(HEX32.fullmatch(request_id) for request_id in ids)
+    assert len({request_id[:16] for request_id in ids}) == 1  # this process's
+
+
+def test_a_forked_child_never_hands_out_its_parents_ids() -> None:
+    new_request_id()  # the parent's batch is started, not used up
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        os.write(write, " ".join(new_request_id() for _ in range(300)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        child_ids = set(pipe.read().decode().split())
+    os.waitpid(pid, 0)
+    parent_ids = {new_request_id() for _ in range(300)}
+    assert len(child_ids) == 300
+    assert not child_ids & parent_ids
+
+
 def test_request_id_prefix_differs_in_a_forked_child() -> None:
     read, write = os.pipe()
     pid = os.fork()
@@ -270,6 +309,32 @@ def test_app_own_request_id_header_is_not_duplicated(app: Flask) -> None:
         response.headers["X-Request-ID"]
     ]
     assert response.headers["X-Request-ID"] != "app-chosen"
+
+
+def test_app_id_header_is_found_after_many_other_header_names(app: Flask) -> None:
+    # Header names seen not to be the id header are remembered (at most 256):
+    # a made-up name per response neither grows that without bound nor hides
+    # the app's own id header, in any case.
+    @app.get("/named/<int:number>")
+    def named(number: int) -> Response:
+        return Response("x", headers={f"X-Made-Up-{number}": "1"})
+
+    @app.get("/own/<name>")
+    def own(name: str) -> Response:
+        return Response("x", headers={name: "app-chosen"})
+
+    tagging = RequestTagging(app.wsgi_app)
+    app.wsgi_app = tagging  # type: ignore[method-assign]
+    client = app.test_client()
+    for number in range(300):
+        assert _get(client, f"/named/{number}").headers[f"X-Made-Up-{number}"] == "1"
+    assert len(tagging._other_names) == 256
+    for name in ("x-request-id", "X-REQUEST-ID", "X-Request-Id"):
+        response = _get(client, f"/own/{name}")
+        assert response.headers.getlist("X-Request-ID") == [
+            response.headers["X-Request-ID"]
+        ]
+        assert response.headers["X-Request-ID"] != "app-chosen"
 
 
 def test_plain_wsgi_app_gets_the_same_headers_and_context() -> None:

@@ -27,6 +27,7 @@ from flask import Flask
 from servers import EXAMPLES
 from servers import require_module
 from servers import ServerProcess
+from servers import uwsgi_command
 
 import flask_diag.logging
 
@@ -422,6 +423,52 @@ def test_waitress(waitress_server: t.Any, tagging_app_dir: Path) -> None:
     assert r.headers["X-Diag-Thread"].startswith("waitress-")
     assert r.json() == {"seen": "waitress-1"}
     assert_log_matches(server, r)
+
+
+# A warm-up request at import: under uWSGI the app is imported in the master,
+# which then forks its workers at the C level, without Python's at-fork hooks.
+# The master has handed out request ids by then; its workers must not hand
+# out the same ones.
+WARMED_UP_APP = TAGGING_APP + textwrap.dedent(
+    """
+
+    app.test_client().get("/").close()
+    """
+)
+
+
+def test_uwsgi_workers_never_share_request_ids(
+    server_factory: t.Any, tmp_path: Path
+) -> None:
+    directory = tmp_path / "warmed"
+    directory.mkdir()
+    (directory / "tagapp.py").write_text(WARMED_UP_APP)
+    command = uwsgi_command("--processes", "2", module="tagapp:app")
+    server = server_factory(command, cwd=directory, name="uwsgi")
+
+    def get(token: int) -> requests.Response:
+        return requests.get(
+            server.url + "/work", params={"token": str(token)}, timeout=TIMEOUT
+        )
+
+    ids: list[str] = []
+    prefixes: dict[str, set[str]] = {}
+    deadline = time.monotonic() + 30
+    # More than one batch of ids per worker (256), from both workers.
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        while time.monotonic() < deadline and (len(prefixes) < 2 or len(ids) < 600):
+            for response in pool.map(get, range(len(ids), len(ids) + 40)):
+                assert response.status_code == 200
+                assert_tagged(response)
+                request_id = response.headers["X-Request-ID"]
+                ids.append(request_id)
+                pid = response.headers["X-Diag-PID"]
+                prefixes.setdefault(pid, set()).add(request_id[:16])
+    assert len(prefixes) == 2, f"one worker served every request: {prefixes}"
+    assert len(set(ids)) == len(ids), "a request id was handed out twice"
+    # Each worker has a prefix of its own, the same for all its ids.
+    assert all(len(seen) == 1 for seen in prefixes.values()), prefixes
+    assert len(set.union(*prefixes.values())) == 2, prefixes
 
 
 # -- 5. Plain WSGI and Django ------------------------------------------------------
