@@ -331,14 +331,17 @@ def test_pitfall1_fixed_app_under_gunicorn(gunicorn_server: t.Any) -> None:
 # -- Sentry ----------------------------------------------------------------------------
 
 
+def serve_with_sentry(gunicorn_server: t.Any, dsn: str) -> t.Any:
+    """The Flask test app under gunicorn, sentry-sdk initialised with ``dsn``."""
+    return gunicorn_server(
+        "errors_apps:flask_app", cwd=APPS, env={"DIAG_TEST_SENTRY_DSN": dsn}
+    )
+
+
 def test_sentry_event_id_in_the_body_under_gunicorn(
     gunicorn_server: t.Any, sentry_endpoint: t.Any
 ) -> None:
-    server = gunicorn_server(
-        "errors_apps:flask_app",
-        cwd=APPS,
-        env={"DIAG_TEST_SENTRY_DSN": sentry_endpoint.dsn()},
-    )
+    server = serve_with_sentry(gunicorn_server, sentry_endpoint.dsn())
     for path in ("/crash", "/none"):
         response = requests.get(server.url + path, timeout=TIMEOUT)
         problem = assert_envelope(response, 500, "internal_error")
@@ -362,11 +365,7 @@ def test_sentry_unreachable_changes_nothing_under_gunicorn(
     gunicorn_server: t.Any,
 ) -> None:
     closed = free_port()  # nothing listens there
-    server = gunicorn_server(
-        "errors_apps:flask_app",
-        cwd=APPS,
-        env={"DIAG_TEST_SENTRY_DSN": f"http://public@127.0.0.1:{closed}/1"},
-    )
+    server = serve_with_sentry(gunicorn_server, f"http://public@127.0.0.1:{closed}/1")
     baseline = gunicorn_server("errors_apps:flask_app", cwd=APPS)
     for path, status, code in (
         ("/crash", 500, "internal_error"),
@@ -397,11 +396,7 @@ def test_sentry_refusing_events_under_gunicorn(
     """Sentry answers 503 (an incident): the events reach it, no body quotes
     their ids; once it accepts again, the ids are back."""
     sentry_endpoint.fail_status = 503
-    server = gunicorn_server(
-        "errors_apps:flask_app",
-        cwd=APPS,
-        env={"DIAG_TEST_SENTRY_DSN": sentry_endpoint.dsn()},
-    )
+    server = serve_with_sentry(gunicorn_server, sentry_endpoint.dsn())
     for path in ("/crash", "/none"):
         response = requests.get(server.url + path, timeout=TIMEOUT)
         problem = assert_envelope(response, 500, "internal_error")
