@@ -58,11 +58,17 @@ _id_batch: t.Iterator[str] = iter(())
 
 def _refresh_pid() -> None:
     global _pid, _pid_str, _id_prefix, _id_counter, _id_batch
-    _pid = os.getpid()
-    _pid_str = str(_pid)
-    _id_prefix = os.urandom(8).hex()
-    _id_counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
-    _id_batch = iter(())  # the parent's unused ids are the parent's
+    pid = os.getpid()
+    prefix = os.urandom(8).hex()  # (os.urandom lets other threads run)
+    counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
+    # The pid last: a thread that finds it current (init_request_info under
+    # uWSGI, whose threads may start serving at once) finds the rest current
+    # too, never the parent's prefix or unused ids.
+    _id_batch = iter(())
+    _id_prefix = prefix
+    _id_counter = counter
+    _pid_str = str(pid)
+    _pid = pid
 
 
 # gunicorn and uWSGI fork workers after importing the app: the cached pid must
@@ -253,6 +259,8 @@ def init_request_info(
     the constructor: one Python call fewer; compiled, a direct call of the
     type's allocator.)
     """
+    if info is None:  # compiled, a None would reach the fields unchecked
+        raise TypeError("init_request_info() needs a RequestInfo, not None")
     if _CHECK_PID and os.getpid() != _pid:
         _refresh_pid()
     incoming = environ.get(header_key)

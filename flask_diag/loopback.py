@@ -147,6 +147,7 @@ from .server import ServerProfile
 from .settings import Settings
 from .signals import loopback_detected
 from .signals import send_safely
+from .threads import current_frames
 from .watchdog import monitor
 from .watchdog import request_info_of
 from .watchdog import waits_in_socket
@@ -831,7 +832,9 @@ def _check_callbacks(now: float) -> float | None:
         waiting.append(guarded)
     if not waiting:
         return None
-    frames = sys._current_frames()
+    frames = current_frames()
+    if frames is None:  # no stacks in this process (see flask_diag.threads)
+        return None
     backlogs: dict[int, Backlog] = {}
     for guarded in waiting:
         frame = frames.get(guarded.ident)

@@ -242,7 +242,7 @@ class _TaggedResponse(RequestInfo):
     """
 
     # The rarely used fields have defaults (below the class), so they cost
-    # nothing on the common request; new_request_info fills in the request's
+    # nothing on the common request; init_request_info fills in the request's
     # own fields. Compiled, the fields are declared in ``tagging.pxd``.
     owner: RequestTagging
     server_start_response: StartResponse

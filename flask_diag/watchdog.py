@@ -30,7 +30,8 @@ tags.
 
 One monitor thread per process does the work, started by the first request
 of the process (so in each gunicorn or uWSGI worker, after the fork, never
-in the master) and restarted in a forked child. It wakes at most every
+in the master: not even for a warm-up request at import, see
+:mod:`flask_diag.threads`) and restarted in a forked child. It wakes at most every
 second (a quarter of the limit when that is shorter) and finds the watched
 requests on the threads' stacks: a request costs the watchdog one clock
 reading, nothing to undo, and no thread of its own. (Greenlets of gevent or
@@ -77,6 +78,9 @@ from .server import ServerProfile
 from .settings import Settings
 from .signals import request_stuck
 from .signals import send_safely
+from .threads import current_frames
+from .threads import frames_unavailable
+from .threads import may_start_threads
 
 if t.TYPE_CHECKING:
     from types import FrameType
@@ -117,18 +121,23 @@ class Monitor:
             if check not in self._checks:
                 self._checks.append(check)
 
-    def ensure_started(self) -> None:
-        """Start the thread in this process if it is not running."""
+    def ensure_started(self) -> bool:
+        """Start the thread in this process if it is not running; ``False``
+        where no thread may start (a uWSGI master: see
+        :func:`~flask_diag.threads.may_start_threads`)."""
         if self._pid == _context._pid:
-            return
+            return True
+        if not may_start_threads():
+            return False
         with self._lock:
             if self._pid == _context._pid:
-                return
+                return True
             thread = threading.Thread(
                 target=self._run, name="flask_diag-monitor", daemon=True
             )
             thread.start()
             self._pid = _context._pid
+        return True
 
     def wake(self) -> None:
         """Run the checks now (starting the thread if needed)."""
@@ -196,7 +205,9 @@ def under_watch(
         return {key: entry[:3] for key, entry in list(_registered.items())}
     found: dict[int, _Watched] = {}
     if frames is None:
-        frames = sys._current_frames()
+        frames = current_frames()
+        if frames is None:  # no stacks in this process (flask_diag.threads)
+            return {}
     for ident, frame in frames.items():
         watched = None
         # The whole stack: the watchdog's frame is near its bottom.
@@ -320,8 +331,10 @@ def _frame_of(ident: int) -> FrameType | None:
     entry = _registered.get(ident)
     if entry is not None:
         frame = getattr(entry[3], "gr_frame", None)
-        return frame if frame is not None else sys._current_frames().get(ident)
-    return sys._current_frames().get(ident)
+        if frame is not None:
+            return t.cast("FrameType", frame)
+    frames = current_frames()
+    return frames.get(ident) if frames is not None else None
 
 
 def _report(ident: int, watched: _Watched, now: float) -> None:
@@ -462,8 +475,13 @@ def _start_watching() -> None:
     """At the first request of a process: the monitor, and how to watch."""
     global _getcurrent, _watch_pid
     _getcurrent = _greenlet_getcurrent()
-    _watch_pid = _context._pid
-    monitor.ensure_started()
+    if _getcurrent is None and frames_unavailable() is not None:
+        # No thread's stack may be read here (a uWSGI worker forked without
+        # Python's fork hooks from a master that ran threads): requests are
+        # listed, by thread, and reported without their stack.
+        _getcurrent = threading.current_thread
+    if monitor.ensure_started():  # not in a uWSGI master: again next time
+        _watch_pid = _context._pid
 
 
 def _greenlet_getcurrent() -> t.Callable[[], t.Any] | None:

@@ -20,6 +20,7 @@ import os
 import sys
 import time
 import typing as t
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -376,6 +377,81 @@ def test_callback_to_the_busy_server(
 
 
 # -- the watchdog --------------------------------------------------------------------
+
+
+# The example app under uWSGI, whose master runs a thread of the app's and
+# makes a warm-up request before it forks its workers.
+THREADED_MASTER = """
+import threading
+import time
+
+from app import app
+
+
+def scheduler():
+    while True:
+        time.sleep(0.2)
+
+
+threading.Thread(target=scheduler, name="app-scheduler", daemon=True).start()
+app.test_client().get("/").close()
+"""
+
+
+@pytest.mark.parametrize(
+    "hooks",
+    [
+        pytest.param((), id="default"),
+        pytest.param(("--py-call-uwsgi-fork-hooks",), id="fork-hooks"),
+    ],
+)
+def test_uwsgi_master_threads_never_crash_a_worker(
+    server_factory: t.Any, tmp_path: Path, hooks: tuple[str, ...]
+) -> None:
+    # uWSGI forks without Python's fork hooks by default: the master's
+    # threads stay listed in each worker, where sys._current_frames() (the
+    # watchdog's monitor reads it) crashes the process with SIGSEGV.
+    (tmp_path / "threaded_master.py").write_text(THREADED_MASTER)
+    command = uwsgi_command(
+        *("--processes", "2", "--threads", "4", "--enable-threads", *hooks),
+        module="threaded_master:app",
+    )
+    server = server_factory(
+        command,
+        name="uwsgi",
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(APP_DIR), "FLASK_DIAG_WATCHDOG": "0.5"},
+    )
+
+    def ready(_: int) -> requests.Response:
+        return requests.get(server.url + "/", timeout=TIMEOUT)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        responses = list(pool.map(ready, range(40)))
+    assert [r.status_code for r in responses] == [200] * 40
+    response = requests.get(
+        server.url + "/nap", params={"seconds": 1.5}, timeout=TIMEOUT
+    )
+    assert response.json() == {"slept": 1.5}
+    time.sleep(0.5)  # a second report would come by now
+    log = server.log_text()
+    assert "Segmentation Fault" not in log and "signal 11" not in log, log
+    lines = server.json_lines()
+    (stuck,) = [line for line in lines if line.get("event") == "request stuck"]
+    assert stuck["request_id"] == response.headers["X-Request-ID"]
+    assert 0.5 <= stuck["duration_s"] < 1.5
+    warned = [
+        line for line in lines if line.get("event") == "thread stacks unavailable"
+    ]
+    if hooks:
+        # Python's fork hooks ran: stacks are read as anywhere else.
+        assert not warned, warned
+        assert "in take_a_nap" in stuck["stack"]
+    else:
+        assert warned, log
+        assert "forked without Python's fork hooks" in warned[0]["reason"]
+        assert "--py-call-uwsgi-fork-hooks" in warned[0]["fix"]
+        assert stuck["stack"] == "(the thread's stack is not available)"
 
 
 @pytest.mark.parametrize("kind", [*SINGLE, "gunicorn-gevent"])

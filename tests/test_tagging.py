@@ -172,6 +172,47 @@ def test_a_forked_child_never_hands_out_its_parents_ids() -> None:
     assert not child_ids & parent_ids
 
 
+def test_a_thread_of_a_new_uwsgi_worker_never_takes_its_masters_ids(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # uWSGI forks without Python's fork hooks: a worker finds out at its
+    # first request that its pid changed. While one thread makes the new
+    # values (os.urandom lets others run), another that already finds the pid
+    # current must find the new prefix too, not the master's.
+    from flask_diag import context
+
+    masters = new_request_id()[:16]  # the "master" made ids: a batch is open
+    monkeypatch.setattr(context, "_CHECK_PID", True)
+    monkeypatch.setattr(context, "_pid", -1)  # the master's pid, in the worker
+    real_urandom = os.urandom
+    taken: list[str] = []
+
+    def urandom(size: int) -> bytes:
+        if not taken:  # another thread's first request runs meanwhile
+            taken.append("")
+            info = context.init_request_info(
+                context.RequestInfo.__new__(context.RequestInfo), {}, "X", True
+            )
+            taken.append(info.request_id)
+        return real_urandom(size)
+
+    monkeypatch.setattr(os, "urandom", urandom)
+    context.init_request_info(
+        context.RequestInfo.__new__(context.RequestInfo), {}, "X", True
+    )
+    monkeypatch.setattr(os, "urandom", real_urandom)
+    assert HEX32.fullmatch(taken[1])
+    assert taken[1][:16] != masters
+    assert new_request_id()[:16] != masters
+
+
+def test_init_request_info_refuses_none() -> None:
+    from flask_diag import context
+
+    with pytest.raises(TypeError):
+        context.init_request_info(None, {}, "X", True)  # type: ignore[type-var]
+
+
 def test_request_id_prefix_differs_in_a_forked_child() -> None:
     read, write = os.pipe()
     pid = os.fork()
@@ -326,6 +367,12 @@ def test_app_id_header_is_found_after_many_other_header_names(app: Flask) -> Non
     tagging = RequestTagging(app.wsgi_app)
     app.wsgi_app = tagging  # type: ignore[method-assign]
     client = app.test_client()
+    for name in ("X-Request-ID", "x-request-id", "X-Request-ID"):  # cache empty
+        response = _get(client, f"/own/{name}")
+        assert response.headers.getlist("X-Request-ID") == [
+            response.headers["X-Request-ID"]
+        ]
+        assert response.headers["X-Request-ID"] != "app-chosen"
     for number in range(300):
         assert _get(client, f"/named/{number}").headers[f"X-Made-Up-{number}"] == "1"
     assert len(tagging._other_names) == 256
