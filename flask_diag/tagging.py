@@ -249,11 +249,12 @@ class _TaggedResponse(RequestInfo):
     environ: WSGIEnvironment | None
     status: str | None
     app_iter: t.Iterable[bytes]  # set before the server can iterate
-    request_id_token: Token[t.Any] | None
-    pid_token: Token[t.Any] | None
-    thread_token: Token[t.Any] | None
-    method_token: Token[t.Any] | None
-    path_token: Token[t.Any] | None
+    # Set before the app is called, so before end() can run.
+    request_id_token: Token[t.Any]
+    pid_token: Token[t.Any]
+    thread_token: Token[t.Any]
+    method_token: Token[t.Any]
+    path_token: Token[t.Any]
     trace_token: Token[t.Any] | None
     sentry_scope: AbstractContextManager[t.Any] | None
     ended: bool
@@ -349,17 +350,11 @@ class _TaggedResponse(RequestInfo):
         try:
             if self.trace_token is not None:
                 _reset_var(_TRACE_ID, self.trace_token)
-            # (All five are set together; each test is a pointer comparison.)
-            if self.request_id_token is not None:
-                _reset_var(_REQUEST_ID, self.request_id_token)
-            if self.pid_token is not None:
-                _reset_var(_PID, self.pid_token)
-            if self.thread_token is not None:
-                _reset_var(_THREAD, self.thread_token)
-            if self.method_token is not None:
-                _reset_var(_METHOD, self.method_token)
-            if self.path_token is not None:
-                _reset_var(_PATH, self.path_token)
+            _reset_var(_REQUEST_ID, self.request_id_token)
+            _reset_var(_PID, self.pid_token)
+            _reset_var(_THREAD, self.thread_token)
+            _reset_var(_METHOD, self.method_token)
+            _reset_var(_PATH, self.path_token)
         except ValueError:
             # close() came from another thread or context than the request:
             # the request's own context is gone with it; nothing to restore.
@@ -371,11 +366,6 @@ python_defaults(
     environ=None,
     status=None,
     app_iter=None,
-    request_id_token=None,
-    pid_token=None,
-    thread_token=None,
-    method_token=None,
-    path_token=None,
     trace_token=None,
     sentry_scope=None,
     ended=False,

@@ -197,11 +197,12 @@ def under_watch(
     watched while the frame of :meth:`Watchdog.__call__` is on its thread's
     stack, and that frame's locals say when it started. So a request costs
     the watchdog one clock reading and nothing to undo; the monitor thread
-    does the looking, once a tick. Where requests run in greenlets, they are
-    listed instead, by greenlet id.
+    does the looking, once a tick. Where requests run in greenlets, or where
+    no thread's stack may be read, they are listed instead, by greenlet or
+    thread.
     """
-    if _getcurrent is not None:
-        # Requests run in greenlets here: all of them are listed.
+    if _current_task is not None:
+        # Requests are listed here: all of them.
         return {key: entry[:3] for key, entry in list(_registered.items())}
     found: dict[int, _Watched] = {}
     if frames is None:
@@ -436,7 +437,7 @@ class Watchdog:
         # app's call lasts, this request is watched. Nothing to undo after
         # it, and the body goes to the server untouched.
         started = _monotonic()
-        if _getcurrent is not None:
+        if _current_task is not None:
             return self._listed_call(environ, start_response, started, limit)
         return self.app(environ, start_response)
 
@@ -448,13 +449,14 @@ class Watchdog:
         limit: float,
     ) -> t.Iterable[bytes]:
         # Requests served in greenlets (gevent, eventlet, patched or not)
-        # are on no thread's stack while they wait: listed by greenlet.
-        assert _getcurrent is not None
-        greenlet = _getcurrent()
-        key = id(greenlet)
+        # are on no thread's stack while they wait, and no stack may be read
+        # in some uWSGI workers: listed by greenlet, or by thread.
+        assert _current_task is not None
+        task = _current_task()
+        key = id(task)
         if key in _registered:
             return self.app(environ, start_response)  # the outer one counts
-        _registered[key] = (environ, started, limit, greenlet)
+        _registered[key] = (environ, started, limit, task)
         try:
             return self.app(environ, start_response)
         finally:
@@ -465,21 +467,23 @@ _CALL_CODE = Watchdog.__call__.__code__
 _monotonic = time.monotonic
 #: The process whose first watched request chose how to watch (below).
 _watch_pid = -1
-#: ``greenlet.getcurrent`` when this process serves requests in greenlets
-#: (found at its first request): they are then listed, by greenlet.
-_getcurrent: t.Callable[[], t.Any] | None = None
+#: How requests are listed when they cannot be found on the threads' stacks
+#: (chosen at the first request of the process): ``greenlet.getcurrent``
+#: where they run in greenlets, ``threading.current_thread`` where no stack
+#: may be read (:mod:`flask_diag.threads`); ``None`` where they are found.
+_current_task: t.Callable[[], t.Any] | None = None
 _registered: dict[int, tuple[WSGIEnvironment, float, float, t.Any]] = {}
 
 
 def _start_watching() -> None:
     """At the first request of a process: the monitor, and how to watch."""
-    global _getcurrent, _watch_pid
-    _getcurrent = _greenlet_getcurrent()
-    if _getcurrent is None and frames_unavailable() is not None:
+    global _current_task, _watch_pid
+    _current_task = _greenlet_getcurrent()
+    if _current_task is None and frames_unavailable() is not None:
         # No thread's stack may be read here (a uWSGI worker forked without
         # Python's fork hooks from a master that ran threads): requests are
         # listed, by thread, and reported without their stack.
-        _getcurrent = threading.current_thread
+        _current_task = threading.current_thread
     if monitor.ensure_started():  # not in a uWSGI master: again next time
         _watch_pid = _context._pid
 

@@ -931,11 +931,11 @@ def test_watchdog_lists_requests_served_in_greenlets(
     module = types.SimpleNamespace(getcurrent=lambda: greenlet)
     monkeypatch.setitem(sys.modules, "greenlet", module)
     monkeypatch.setattr(watchdog, "_watch_pid", -1)  # choose again
-    monkeypatch.setattr(watchdog, "_getcurrent", None)
+    monkeypatch.setattr(watchdog, "_current_task", None)
     app = watchdog_app(0.2)
     with capture_logs() as logs:
         app.test_client().get("/nap?seconds=0.7", headers={"X-Request-ID": "gr-1"})
-    assert watchdog._getcurrent is not None
+    assert watchdog._current_task is not None
     (line,) = stuck_lines(logs)
     assert line["request_id"] == "gr-1"
     assert "in take_a_nap" in line["stack"]

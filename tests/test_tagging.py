@@ -21,6 +21,7 @@ from werkzeug.test import Client
 from werkzeug.wrappers import Request as WRequest
 from werkzeug.wrappers import Response as WResponse
 
+from flask_diag import context
 from flask_diag import RequestTagging
 from flask_diag import wrap
 from flask_diag.context import clean_request_id
@@ -156,7 +157,7 @@ def test_request_ids_stay_unique_across_batches_and_threads() -> None:
     assert len({request_id[:16] for request_id in ids}) == 1  # this process's
 
 
-def test_a_forked_child_never_hands_out_its_parents_ids() -> None:
+def test_a_forked_child_has_its_own_prefix_and_never_its_parents_ids() -> None:
     new_request_id()  # the parent's batch is started, not used up
     read, write = os.pipe()
     pid = os.fork()
@@ -170,6 +171,9 @@ def test_a_forked_child_never_hands_out_its_parents_ids() -> None:
     parent_ids = {new_request_id() for _ in range(300)}
     assert len(child_ids) == 300
     assert not child_ids & parent_ids
+    child_prefixes = {request_id[:16] for request_id in child_ids}
+    assert len(child_prefixes) == 1  # the child's own, drawn after the fork
+    assert child_prefixes.isdisjoint(request_id[:16] for request_id in parent_ids)
 
 
 def test_a_thread_of_a_new_uwsgi_worker_never_takes_its_masters_ids(
@@ -179,8 +183,6 @@ def test_a_thread_of_a_new_uwsgi_worker_never_takes_its_masters_ids(
     # first request that its pid changed. While one thread makes the new
     # values (os.urandom lets others run), another that already finds the pid
     # current must find the new prefix too, not the master's.
-    from flask_diag import context
-
     masters = new_request_id()[:16]  # the "master" made ids: a batch is open
     monkeypatch.setattr(context, "_CHECK_PID", True)
     monkeypatch.setattr(context, "_pid", -1)  # the master's pid, in the worker
@@ -200,30 +202,14 @@ def test_a_thread_of_a_new_uwsgi_worker_never_takes_its_masters_ids(
     context.init_request_info(
         context.RequestInfo.__new__(context.RequestInfo), {}, "X", True
     )
-    monkeypatch.setattr(os, "urandom", real_urandom)
     assert HEX32.fullmatch(taken[1])
     assert taken[1][:16] != masters
     assert new_request_id()[:16] != masters
 
 
 def test_init_request_info_refuses_none() -> None:
-    from flask_diag import context
-
     with pytest.raises(TypeError):
         context.init_request_info(None, {}, "X", True)  # type: ignore[type-var]
-
-
-def test_request_id_prefix_differs_in_a_forked_child() -> None:
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        os.write(write, new_request_id().encode())
-        os._exit(0)
-    os.waitpid(pid, 0)
-    child_id = os.read(read, 64).decode()
-    os.close(read)
-    os.close(write)
-    assert child_id[:16] != new_request_id()[:16]
 
 
 @pytest.mark.parametrize(
